@@ -1,0 +1,1 @@
+"""kvserve clients (HTTP only): lands with issue 6."""

@@ -1,0 +1,149 @@
+"""Preallocated KV caches written by index, one row per sequence.
+
+Each layer holds K and V as `(B, G, C, hd)`: B sequences, G key/value heads, C slots.
+Position p of row b lives in slot `p % C`. `slot_pos[b, c]` is the absolute position held
+by slot c (-1 = empty), so one mask rule serves both strategies:
+
+- expanding: C is the longest sequence; positions past C are an error.
+- sliding window W: C = W + slack. A token at position p sees positions (p - W, p]. A step
+  may write up to `slack + 1` tokens before attending without overwriting any key still
+  in a window, and `rollback` may undo up to `slack + 1` tokens exactly (speculative
+  decoding uses this).
+
+Rows advance independently (`lengths[b]`), so sequences of different lengths, joining
+and leaving a batch, share one cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+DEFAULT_SLIDING_SLACK = 63
+
+
+class CacheFullError(ValueError):
+    """A sequence outgrew an expanding cache."""
+
+
+@dataclass
+class CachePlan:
+    """Where one step's tokens go and what each may attend to (shared by all layers)."""
+
+    positions: Tensor  # (B, T) absolute positions of the step's tokens
+    write_rows: Tensor  # (N,) row of each valid token
+    write_steps: Tensor  # (N,) index within the step of each valid token
+    write_slots: Tensor  # (N,) slot each valid token is written to
+    kv_len: int  # attention reads slots [0, kv_len)
+    mask: Tensor  # (B, 1, T, kv_len) bool, True = attend
+
+
+class LayerKV:
+    """One layer's K/V buffers: views into the cache's storage."""
+
+    def __init__(self, k: Tensor, v: Tensor) -> None:
+        self.k = k  # (B, G, C, hd)
+        self.v = v
+
+    def write(self, k: Tensor, v: Tensor, plan: CachePlan) -> None:
+        rows, steps, slots = plan.write_rows, plan.write_steps, plan.write_slots
+        # k[rows, :, steps] is (N, G, hd); the destination index has the same shape.
+        self.k[rows, :, slots] = k[rows, :, steps]
+        self.v[rows, :, slots] = v[rows, :, steps]
+
+    def read(self, plan: CachePlan) -> tuple[Tensor, Tensor]:
+        return self.k[:, :, : plan.kv_len], self.v[:, :, : plan.kv_len]
+
+
+class KVCache:
+    """The self-attention cache of a stack of layers for B sequences."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_groups: int,
+        head_dim: int,
+        capacity: int,
+        window: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if window is not None and capacity < window:
+            raise ValueError(f"capacity ({capacity}) must be >= the window ({window})")
+        self.capacity = capacity
+        self.window = window
+        shape = (batch_size, num_groups, capacity, head_dim)
+        self.layers = [
+            LayerKV(
+                torch.zeros(shape, device=device, dtype=dtype),
+                torch.zeros(shape, device=device, dtype=dtype),
+            )
+            for _ in range(num_layers)
+        ]
+        self.slot_pos = torch.full((batch_size, capacity), -1, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    @property
+    def max_step(self) -> int:
+        """Most tokens one step may write (longer inputs are split into chunks)."""
+        if self.window is None:
+            return self.capacity
+        return self.capacity - self.window + 1
+
+    def nbytes(self) -> int:
+        """Bytes held by the K/V tensors."""
+        return sum(
+            t.numel() * t.element_size() for layer in self.layers for t in (layer.k, layer.v)
+        )
+
+    def plan(self, valid: Tensor) -> CachePlan:
+        """Reserve slots for a step of `T` new tokens per row.
+
+        valid: `(B, T)` bool, True for real tokens (a row's real tokens come first). Padded
+        tokens are not written and do not advance the row.
+        """
+        t = valid.shape[1]
+        assert t <= self.max_step, f"step of {t} tokens > max_step {self.max_step}"
+        steps = torch.arange(t, device=valid.device)
+        positions = self.lengths[:, None] + steps  # (B, T)
+        new_lengths = self.lengths + valid.sum(dim=1)
+        if self.window is None and int(new_lengths.max()) > self.capacity:
+            raise CacheFullError(
+                f"sequence of {int(new_lengths.max())} tokens exceeds the cache capacity "
+                f"({self.capacity}); allocate a larger cache or use a sliding window"
+            )
+        rows, step_idx = valid.nonzero(as_tuple=True)
+        slots = positions[rows, step_idx] % self.capacity
+        self.slot_pos[rows, slots] = positions[rows, step_idx]
+        self.lengths = new_lengths
+        kv_len = min(self.capacity, int(new_lengths.max()))
+        held = self.slot_pos[:, None, :kv_len]  # (B, 1, L)
+        query = positions[:, :, None]  # (B, T, 1)
+        allowed = (held >= 0) & (held <= query)
+        if self.window is not None:
+            allowed &= query - held < self.window
+        # A padded query of an empty row would see nothing (NaN); let it see slot 0.
+        allowed[:, :, 0] |= ~valid
+        return CachePlan(positions, rows, step_idx, slots, kv_len, allowed[:, None])
+
+    def rollback(self, new_lengths: Tensor) -> None:
+        """Forget every position >= `new_lengths[b]` of each row (no-op where longer)."""
+        new_lengths = torch.minimum(self.lengths, new_lengths.to(self.lengths))
+        if self.window is not None:
+            undone = int((self.lengths - new_lengths).max())
+            assert undone <= self.max_step, f"cannot roll back {undone} > {self.max_step}"
+        self.slot_pos.masked_fill_(self.slot_pos >= new_lengths[:, None], -1)
+        self.lengths = new_lengths
+
+    def reset_rows(self, rows: Tensor | list[int]) -> None:
+        """Empty the given rows so new sequences can use them."""
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.lengths.device)
+        self.slot_pos[rows] = -1
+        self.lengths[rows] = 0

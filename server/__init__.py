@@ -1,0 +1,1 @@
+"""kvserve server (FastAPI front end, engine): lands with issues 4-5."""
