@@ -57,7 +57,7 @@ class AutoregressiveDecodeConfig:
     `expanding_context` picks the expanding cache (True) or the sliding window (False)."""
 
     expanding_context: bool = True
-    use_kv_cache: bool = True
+    use_kv_cache: bool = False
 
 
 @dataclass
