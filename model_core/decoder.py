@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from model_core.attention.gqa import GroupQueryAttention
 from model_core.attention.masks import combine_masks
 from model_core.configs import FFNConfig
-from model_core.encoder import torch_mask_to_sdpa
+from model_core.encoder import torch_mask_to_sdpa, torch_padding_to_sdpa
 from model_core.feed_forward_block import FeedForwardBlock
 from model_core.kv_cache import CachePlan, LayerKV
 
@@ -51,24 +51,26 @@ class TransformerDecoderLayer(nn.Module):
         tgt_key_padding_mask: Tensor | None = None,
         memory_key_padding_mask: Tensor | None = None,
         tgt_is_causal: bool | None = None,
+        memory_is_causal: bool = False,
     ) -> Tensor:
-        """tgt `(B, T, D)`, memory `(B, S, D)` -> `(B, T, D)`."""
+        """tgt `(B, T, D)`, memory `(B, S, D)` -> `(B, T, D)`. `memory_is_causal` is
+        accepted for PyTorch's signature; as there, it is a hint and `memory_mask` is
+        the mask."""
+        b = tgt.shape[0]
+        self_mask, tgt_pad, token_mask = torch_padding_to_sdpa(
+            torch_mask_to_sdpa(tgt_mask, b), tgt_key_padding_mask
+        )
         attn = self.self_attn(
-            tgt,
-            attn_mask=torch_mask_to_sdpa(tgt_mask),
-            key_padding_mask=tgt_key_padding_mask,
-            is_causal=tgt_is_causal,
+            tgt, attn_mask=self_mask, key_padding_mask=tgt_pad, is_causal=tgt_is_causal
         )
         x = self.norm1(tgt + self.dropout1(attn))
+        cross_mask, mem_pad, _ = torch_padding_to_sdpa(
+            torch_mask_to_sdpa(memory_mask, b), memory_key_padding_mask
+        )
         cross = self.cross_attn(
-            x,
-            memory,
-            attn_mask=torch_mask_to_sdpa(memory_mask),
-            key_padding_mask=memory_key_padding_mask,
-            is_causal=False,
+            x, memory, attn_mask=cross_mask, key_padding_mask=mem_pad, is_causal=False
         )
         x = self.norm2(x + self.dropout2(cross))
-        token_mask = None if tgt_key_padding_mask is None else ~tgt_key_padding_mask
         return self.norm3(x + self.dropout3(self.ffn(x, token_mask)))
 
     def step(

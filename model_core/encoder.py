@@ -10,6 +10,7 @@ an additive float mask), so a layer from `model_core.interop` is a drop-in repla
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from model_core.attention.gqa import GroupQueryAttention
@@ -18,11 +19,35 @@ from model_core.feed_forward_block import FeedForwardBlock
 from model_core.kv_cache import CachePlan, LayerKV
 
 
-def torch_mask_to_sdpa(mask: Tensor | None) -> Tensor | None:
-    """PyTorch layer mask (bool True = masked out, or additive) -> SDPA (True = attend)."""
-    if mask is None or mask.is_floating_point():
-        return mask
-    return ~mask
+def torch_mask_to_sdpa(mask: Tensor | None, batch: int | None = None) -> Tensor | None:
+    """PyTorch layer mask (bool True = masked out, or additive; `[T, S]`, or
+    `[B * num_heads, T, S]`, reshaped to `[B, num_heads, T, S]` when `batch` is given)
+    -> SDPA (True = attend)."""
+    if mask is None:
+        return None
+    if mask.dim() == 3 and batch is not None:
+        mask = mask.reshape(batch, -1, *mask.shape[-2:])
+    return mask if mask.is_floating_point() else ~mask
+
+
+def torch_padding_to_sdpa(
+    attn_mask: Tensor | None, key_padding_mask: Tensor | None
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """A PyTorch key padding mask `[B, S]` (bool True = padding, or additive float) with
+    an SDPA attention mask -> (attention mask, bool key padding mask, token mask True =
+    real token). A float padding mask is added to the attention mask, as PyTorch does."""
+    if key_padding_mask is None:
+        return attn_mask, None, None
+    if not key_padding_mask.is_floating_point():
+        return attn_mask, key_padding_mask, ~key_padding_mask
+    additive = key_padding_mask[:, None, None, :]
+    if attn_mask is None:
+        combined = additive
+    elif attn_mask.dtype == torch.bool:
+        combined = additive.masked_fill(~attn_mask, float("-inf"))
+    else:
+        combined = attn_mask + additive
+    return combined, None, ~torch.isneginf(key_padding_mask)
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -53,14 +78,11 @@ class TransformerEncoderLayer(nn.Module):
         is_causal: bool | None = None,
     ) -> Tensor:
         """src `(B, T, D)` -> `(B, T, D)`. is_causal defaults to `apply_causal_mask`."""
-        attn = self.self_attn(
-            src,
-            attn_mask=torch_mask_to_sdpa(src_mask),
-            key_padding_mask=src_key_padding_mask,
-            is_causal=is_causal,
+        attn_mask, pad, token_mask = torch_padding_to_sdpa(
+            torch_mask_to_sdpa(src_mask, src.shape[0]), src_key_padding_mask
         )
+        attn = self.self_attn(src, attn_mask=attn_mask, key_padding_mask=pad, is_causal=is_causal)
         x = self.norm1(src + self.dropout1(attn))
-        token_mask = None if src_key_padding_mask is None else ~src_key_padding_mask
         return self.norm2(x + self.dropout2(self.ffn(x, token_mask)))
 
     def step(self, x: Tensor, cache: LayerKV, plan: CachePlan, token_mask: Tensor) -> Tensor:

@@ -59,7 +59,7 @@ def _decode_loop(
     return torch.cat(outputs, dim=1)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def generate(
     model: Any,
     prompt: Tensor,
@@ -94,7 +94,7 @@ def generate(
     return _decode_loop(model, cache, first, max_new_tokens, temperature, top_k, top_p, generator)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def generate_seq2seq(
     model: Any,
     source: Tensor,

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Other processes share these cores (CI, load tests): spinning OpenMP workers would
+# waste them, so worker threads sleep when idle. Must be set before torch starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 
