@@ -80,7 +80,7 @@ class TransformerDecoderLayer(nn.Module):
         plan: CachePlan,
         memory_kv: tuple[Tensor, Tensor],
         memory_padding_mask: Tensor | None,
-        token_mask: Tensor,
+        token_mask: Tensor | None,
     ) -> Tensor:
         """New target tokens `(B, T, D)`, attending over the self-attention cache and the
         encoder output's K/V (projected once per source by `cross_attn.project_kv`)."""

@@ -14,13 +14,15 @@ class InputEmbedding(nn.Module):
     accepts values: they are projected into its embedding space as a soft prompt (this is
     how the specification's speculative-decoding example feeds values to token models)."""
 
-    def __init__(self, input_dim: int, embed_dim: int, vocab_size: int | None) -> None:
+    def __init__(
+        self, input_dim: int, embed_dim: int, vocab_size: int | None, max_seq_len: int = 2048
+    ) -> None:
         super().__init__()
         self.input_dim = input_dim
         self.vocab_size = vocab_size
         self.input_proj = nn.Linear(input_dim, embed_dim)
         self.token_embedding = nn.Embedding(vocab_size, embed_dim) if vocab_size else None
-        self.positions = PositionalEncoding(embed_dim)
+        self.positions = PositionalEncoding(embed_dim, max_seq_len)
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         return self.positions(self.embed(x), positions)

@@ -85,7 +85,7 @@ class TransformerEncoderLayer(nn.Module):
         x = self.norm1(src + self.dropout1(attn))
         return self.norm2(x + self.dropout2(self.ffn(x, token_mask)))
 
-    def step(self, x: Tensor, cache: LayerKV, plan: CachePlan, token_mask: Tensor) -> Tensor:
+    def step(self, x: Tensor, cache: LayerKV, plan: CachePlan, token_mask: Tensor | None) -> Tensor:
         """New tokens `(B, T, D)` through the layer, attending over the KV cache."""
         x = self.norm1(x + self.self_attn.forward_cached(x, cache, plan))
         return self.norm2(x + self.ffn(x, token_mask))

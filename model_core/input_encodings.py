@@ -1,5 +1,5 @@
-"""Sinusoidal positional encoding (Vaswani et al., 2017), computed from absolute positions
-so that cached steps and sliding windows past `max_seq_len` get the right encoding."""
+"""Sinusoidal positional encoding (Vaswani et al., 2017) of absolute positions, so that
+cached steps and sliding windows past `max_seq_len` get the right encoding."""
 
 from __future__ import annotations
 
@@ -21,14 +21,26 @@ def sinusoidal_encoding(positions: Tensor, dim: int) -> Tensor:
 
 
 class PositionalEncoding(nn.Module):
-    """Adds the sinusoidal encoding of each token's absolute position."""
+    """Adds the sinusoidal encoding of each token's absolute position. Positions below
+    `table_len` are looked up in a precomputed table (the decode path); later ones, which
+    a sliding window reaches, are computed."""
 
-    def __init__(self, embed_dim: int) -> None:
+    def __init__(self, embed_dim: int, table_len: int = 2048) -> None:
         super().__init__()
         self.embed_dim = embed_dim
+        table = sinusoidal_encoding(torch.arange(table_len), embed_dim)
+        self.register_buffer("table", table, persistent=False)  # (table_len, D)
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         """x `(B, T, D)`; positions `(B, T)` or `(T,)`, default `0..T-1`."""
         if positions is None:
-            positions = torch.arange(x.shape[1], device=x.device)
-        return x + sinusoidal_encoding(positions, self.embed_dim).to(x.dtype)
+            t = x.shape[1]
+            enc = self.table[:t] if t <= self.table.shape[0] else self.encode(torch.arange(t))
+        elif int(positions.max()) < self.table.shape[0]:
+            enc = self.table[positions]
+        else:
+            enc = self.encode(positions)
+        return x + enc.to(x.dtype)
+
+    def encode(self, positions: Tensor) -> Tensor:
+        return sinusoidal_encoding(positions.to(self.table.device), self.embed_dim)

@@ -8,8 +8,8 @@ conventions), so it is a drop-in replacement. `to_torch_encoder_layer` /
 FFN).
 
 Weight mapping: PyTorch's `MultiheadAttention.in_proj_weight` `[3D, D]` holds the Q, K
-and V projections stacked; model_core has `q_proj` (D -> D) and `kv_proj` (D -> 2D, the
-K rows first, then V). A PyTorch layer built with `bias=False` has no biases (not even
+and V projections stacked, and so does model_core's `in_proj` (for MHA, the same shape).
+A PyTorch layer built with `bias=False` has no biases (not even
 in its LayerNorms); the copy gets zero biases, which computes the same thing.
 
 Only what both sides can compute is converted; anything else raises ValueError saying
@@ -205,19 +205,15 @@ def _copy_bias(dst: Tensor, src: Tensor | None) -> None:
 
 
 def _copy_attention_from_torch(ours: GroupQueryAttention, theirs: nn.MultiheadAttention) -> None:
-    d = theirs.embed_dim
-    ours.q_proj.weight.copy_(theirs.in_proj_weight[:d])
-    ours.kv_proj.weight.copy_(theirs.in_proj_weight[d:])  # K rows, then V rows
-    bias = theirs.in_proj_bias
-    _copy_bias(ours.q_proj.bias, None if bias is None else bias[:d])
-    _copy_bias(ours.kv_proj.bias, None if bias is None else bias[d:])
+    ours.in_proj.weight.copy_(theirs.in_proj_weight)  # Q, K, V rows in both
+    _copy_bias(ours.in_proj.bias, theirs.in_proj_bias)
     ours.out_proj.weight.copy_(theirs.out_proj.weight)
     _copy_bias(ours.out_proj.bias, theirs.out_proj.bias)
 
 
 def _copy_attention_to_torch(theirs: nn.MultiheadAttention, ours: GroupQueryAttention) -> None:
-    theirs.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.kv_proj.weight]))
-    theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.kv_proj.bias]))
+    theirs.in_proj_weight.copy_(ours.in_proj.weight)
+    theirs.in_proj_bias.copy_(ours.in_proj.bias)
     theirs.out_proj.weight.copy_(ours.out_proj.weight)
     theirs.out_proj.bias.copy_(ours.out_proj.bias)
 

@@ -103,34 +103,44 @@ class KVCache:
             t.numel() * t.element_size() for layer in self.layers for t in (layer.k, layer.v)
         )
 
-    def plan(self, valid: Tensor) -> CachePlan:
-        """Reserve slots for a step of `T` new tokens per row.
+    def plan(self, num_tokens: int, valid: Tensor | None = None) -> CachePlan:
+        """Reserve slots for a step of `num_tokens` new tokens per row.
 
-        valid: `(B, T)` bool, True for real tokens (a row's real tokens come first). Padded
-        tokens are not written and do not advance the row.
+        valid: `(B, T)` bool, True for real tokens (a row's real tokens come first); None
+        when all are real (the decode fast path). Padded tokens are not written and do
+        not advance the row.
         """
-        t = valid.shape[1]
+        t = num_tokens
         assert t <= self.max_step, f"step of {t} tokens > max_step {self.max_step}"
-        steps = torch.arange(t, device=valid.device)
+        b, device = self.batch_size, self.lengths.device
+        steps = torch.arange(t, device=device)
         positions = self.lengths[:, None] + steps  # (B, T)
-        new_lengths = self.lengths + valid.sum(dim=1)
-        if self.window is None and int(new_lengths.max()) > self.capacity:
+        if valid is None:
+            new_lengths = self.lengths + t
+            rows = torch.arange(b, device=device).repeat_interleave(t)
+            step_idx = steps.repeat(b)
+        else:
+            new_lengths = self.lengths + valid.sum(dim=1)
+            rows, step_idx = valid.nonzero(as_tuple=True)
+        longest = int(new_lengths.max())
+        if self.window is None and longest > self.capacity:
             raise CacheFullError(
-                f"sequence of {int(new_lengths.max())} tokens exceeds the cache capacity "
+                f"sequence of {longest} tokens exceeds the cache capacity "
                 f"({self.capacity}); allocate a larger cache or use a sliding window"
             )
-        rows, step_idx = valid.nonzero(as_tuple=True)
-        slots = positions[rows, step_idx] % self.capacity
-        self.slot_pos[rows, slots] = positions[rows, step_idx]
+        written = positions[rows, step_idx]
+        slots = written % self.capacity
+        self.slot_pos[rows, slots] = written
         self.lengths = new_lengths
-        kv_len = min(self.capacity, int(new_lengths.max()))
+        kv_len = min(self.capacity, longest)
         held = self.slot_pos[:, None, :kv_len]  # (B, 1, L)
         query = positions[:, :, None]  # (B, T, 1)
         allowed = (held >= 0) & (held <= query)
         if self.window is not None:
             allowed &= query - held < self.window
-        # A padded query of an empty row would see nothing (NaN); let it see slot 0.
-        allowed[:, :, 0] |= ~valid
+        if valid is not None:
+            # A padded query of an empty row would see nothing (NaN); let it see slot 0.
+            allowed[:, :, 0] |= ~valid
         return CachePlan(positions, rows, step_idx, slots, kv_len, allowed[:, None])
 
     def rollback(self, new_lengths: Tensor) -> None:

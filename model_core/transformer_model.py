@@ -11,6 +11,7 @@ own (the specification's stateful API): `model(x, expanding_context=...)`, `rese
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from model_core.decoder import TransformerDecoderLayer
 from model_core.embedding import InputEmbedding, valid_mask
 from model_core.encoder import TransformerEncoderLayer
 from model_core.feed_forward_block import FeedForwardBlock
-from model_core.kv_cache import DEFAULT_SLIDING_SLACK, KVCache
+from model_core.kv_cache import DEFAULT_SLIDING_SLACK, CachePlan, KVCache
 from model_core.stateful_cache import StatefulCache
 
 
@@ -85,7 +86,9 @@ class TransformerModel(_Model):
     def __init__(self, config: TransformerModelConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
         self.config = cfg = _make_config("regression", config, kwargs)
-        self.embedding = InputEmbedding(cfg.input_dim, cfg.embed_dim, cfg.vocab_size)
+        self.embedding = InputEmbedding(
+            cfg.input_dim, cfg.embed_dim, cfg.vocab_size, cfg.max_seq_len
+        )
         self.layers = nn.ModuleList(
             _encoder_layer(cfg, cfg.apply_causal_mask) for _ in range(cfg.num_layers)
         )
@@ -110,7 +113,9 @@ class AutoregressiveTransformerModel(_Model):
     def __init__(self, config: TransformerModelConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
         self.config = cfg = _make_config("autoregressive", config, kwargs)
-        self.embedding = InputEmbedding(cfg.input_dim, cfg.embed_dim, cfg.vocab_size)
+        self.embedding = InputEmbedding(
+            cfg.input_dim, cfg.embed_dim, cfg.vocab_size, cfg.max_seq_len
+        )
         self.layers = nn.ModuleList(_encoder_layer(cfg, True) for _ in range(cfg.num_layers))
         self.output_proj = nn.Linear(cfg.embed_dim, cfg.vocab_size or cfg.output_dim)
         self._stateful = StatefulCache()
@@ -161,20 +166,13 @@ class AutoregressiveTransformerModel(_Model):
         """Run new tokens `x` (`(B, T)` or `(B, T, input_dim)`) through the cache; row b
         has `lengths[b]` real tokens (default T; 0 leaves the row untouched). Returns the
         outputs at the new positions `(B, T, out)`."""
-        b, t = x.shape[0], x.shape[1]
-        if lengths is None:
-            lengths = torch.full((b,), t, dtype=torch.long, device=x.device)
         outputs = []
-        for start in range(0, t, cache.max_step):
-            chunk = x[:, start : start + cache.max_step]
-            n = chunk.shape[1]
-            valid = torch.arange(n, device=x.device) < (lengths[:, None] - start)
-            plan = cache.plan(valid)
+        for chunk, valid, plan in _chunks(x, cache, lengths):
             h = self.embedding(chunk, plan.positions)
             for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
                 h = layer.step(h, layer_cache, plan, valid)
             outputs.append(self.output_proj(h))
-        return torch.cat(outputs, dim=1)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
     def generate_next_token(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """The greedy next output after each row's last real position: a token id
@@ -228,8 +226,12 @@ class EncoderDecoder(_Model):
         n_enc = cfg.num_encoder_layers if cfg.num_encoder_layers is not None else cfg.num_layers
         n_dec = cfg.num_decoder_layers if cfg.num_decoder_layers is not None else cfg.num_layers
         groups = _groups(cfg)
-        self.src_embedding = InputEmbedding(cfg.input_dim, cfg.embed_dim, cfg.vocab_size)
-        self.tgt_embedding = InputEmbedding(cfg.input_dim, cfg.embed_dim, cfg.vocab_size)
+        self.src_embedding = InputEmbedding(
+            cfg.input_dim, cfg.embed_dim, cfg.vocab_size, cfg.max_seq_len
+        )
+        self.tgt_embedding = InputEmbedding(
+            cfg.input_dim, cfg.embed_dim, cfg.vocab_size, cfg.max_seq_len
+        )
         self.encoder_layers = nn.ModuleList(_encoder_layer(cfg, False) for _ in range(n_enc))
         assert cfg.ffn_config is not None
         self.decoder_layers = nn.ModuleList(
@@ -313,22 +315,15 @@ class EncoderDecoder(_Model):
         self, target: Tensor, cache: EncoderDecoderCache, lengths: Tensor | None = None
     ) -> Tensor:
         """New target tokens `(B, T)` / `(B, T, input_dim)` through the decoder cache."""
-        kv = cache.self_attention
-        b, t = target.shape[0], target.shape[1]
-        if lengths is None:
-            lengths = torch.full((b,), t, dtype=torch.long, device=target.device)
         outputs = []
-        for start in range(0, t, kv.max_step):
-            chunk = target[:, start : start + kv.max_step]
-            valid = torch.arange(chunk.shape[1], device=target.device) < (lengths[:, None] - start)
-            plan = kv.plan(valid)
+        for chunk, valid, plan in _chunks(target, cache.self_attention, lengths):
             h = self.tgt_embedding(chunk, plan.positions)
             for layer, layer_cache, mem in zip(
-                self.decoder_layers, kv.layers, cache.memory_kv, strict=True
+                self.decoder_layers, cache.self_attention.layers, cache.memory_kv, strict=True
             ):
                 h = layer.step(h, layer_cache, plan, mem, cache.memory_padding_mask, valid)
             outputs.append(self.output_proj(h))
-        return torch.cat(outputs, dim=1)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
     def generate(
         self, source: Tensor, start: Tensor, max_new_tokens: int, **sampling: Any
@@ -338,6 +333,21 @@ class EncoderDecoder(_Model):
         from model_core.generation import generate_seq2seq
 
         return generate_seq2seq(self, source, start, max_new_tokens, **sampling)
+
+
+def _chunks(
+    x: Tensor, cache: KVCache, lengths: Tensor | None
+) -> Iterator[tuple[Tensor, Tensor | None, CachePlan]]:
+    """Split new inputs into steps the cache can take; reserve each step's slots.
+    Yields (chunk, valid `(B, t)` or None when every token is real, plan)."""
+    t = x.shape[1]
+    for start in range(0, t, cache.max_step):
+        chunk = x[:, start : start + cache.max_step]
+        n = chunk.shape[1]
+        valid = None
+        if lengths is not None:
+            valid = torch.arange(n, device=x.device) < (lengths.to(x.device)[:, None] - start)
+        yield chunk, valid, cache.plan(n, valid)
 
 
 def _groups(cfg: TransformerModelConfig) -> int:

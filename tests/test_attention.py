@@ -42,16 +42,15 @@ def test_sdpa_matches_manual_formula() -> None:
 def copy_expanded(src: GroupQueryAttention, dst: GroupQueryAttention) -> None:
     """Give `dst` (more K/V heads) the weights of `src`, each K/V head repeated for the
     query heads it serves, so both compute the same function."""
-    hd, repeat = src.head_dim, dst.num_groups // src.num_groups
+    hd, repeat, d = src.head_dim, dst.num_groups // src.num_groups, src.embed_dim
     with torch.no_grad():
-        dst.q_proj.load_state_dict(src.q_proj.state_dict())
         dst.out_proj.load_state_dict(src.out_proj.state_dict())
         for name in ("weight", "bias"):
-            k, v = getattr(src.kv_proj, name).chunk(2, dim=0)
+            q, k, v = getattr(src.in_proj, name).split([d, src.kv_dim, src.kv_dim], dim=0)
             k = k.view(src.num_groups, hd, *k.shape[1:]).repeat_interleave(repeat, 0)
             v = v.view(src.num_groups, hd, *v.shape[1:]).repeat_interleave(repeat, 0)
-            merged = torch.cat([k.flatten(0, 1), v.flatten(0, 1)], dim=0)
-            getattr(dst.kv_proj, name).copy_(merged)
+            merged = torch.cat([q, k.flatten(0, 1), v.flatten(0, 1)], dim=0)
+            getattr(dst.in_proj, name).copy_(merged)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -86,8 +85,9 @@ def test_mha_matches_manual_multihead_computation() -> None:
     attn = MultiHeadAttention(16, 4)
     x, mem = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
     out = attn(x, mem, mem)
-    q = attn.q_proj(x).view(2, 5, 4, 4).transpose(1, 2)
-    k, v = attn.kv_proj(mem).chunk(2, -1)
+    w, b = attn.in_proj.weight, attn.in_proj.bias
+    q = (x @ w[:16].T + b[:16]).view(2, 5, 4, 4).transpose(1, 2)
+    k, v = (mem @ w[16:].T + b[16:]).chunk(2, -1)
     k, v = (t.view(2, 7, 4, 4).transpose(1, 2) for t in (k, v))
     ref = manual_attention(q, k, v, torch.ones(5, 7, dtype=torch.bool))
     ref = attn.out_proj(ref.transpose(1, 2).reshape(2, 5, 16))
@@ -98,7 +98,7 @@ def test_kv_projection_stores_only_group_heads() -> None:
     for kind, groups in (("mha", 8), ("gqa", 4), ("mqa", 1)):
         attn = get_attention(kind, embed_dim=64, num_heads=8, num_groups=4)
         assert attn.num_groups == groups
-        assert attn.kv_proj.out_features == 2 * groups * 8
+        assert attn.in_proj.out_features == 64 + 2 * groups * 8
 
 
 def test_gqa_default_groups_is_half_the_heads() -> None:

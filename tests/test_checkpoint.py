@@ -110,9 +110,9 @@ def test_tied_weights_can_be_saved(tmp_path: Path) -> None:
 def test_non_contiguous_weights_can_be_saved(tmp_path: Path) -> None:
     model = ar_model()
     with torch.no_grad():
-        weight = model.layers[0].self_attn.q_proj.weight
-        model.layers[0].self_attn.q_proj.weight = nn.Parameter(weight.t().contiguous().t())
-    assert not model.layers[0].self_attn.q_proj.weight.is_contiguous()
+        weight = model.layers[0].self_attn.in_proj.weight
+        model.layers[0].self_attn.in_proj.weight = nn.Parameter(weight.t().contiguous().t())
+    assert not model.layers[0].self_attn.in_proj.weight.is_contiguous()
     expected = outputs(model)
     assert torch.equal(outputs(load(save(model, tmp_path / "nc"))), expected)
 
@@ -335,8 +335,8 @@ def _edit_tensors(directory: Path, edit: Callable[[dict[str, Tensor]], None]) ->
 
 
 def test_missing_tensor_is_named(saved: Path) -> None:
-    _edit_tensors(saved, lambda t: t.pop("layers.1.self_attn.kv_proj.weight"))
-    with pytest.raises(CheckpointError, match=r"missing tensors layers\.1\.self_attn\.kv_proj"):
+    _edit_tensors(saved, lambda t: t.pop("layers.1.self_attn.in_proj.weight"))
+    with pytest.raises(CheckpointError, match=r"missing tensors layers\.1\.self_attn\.in_proj"):
         load(saved)
 
 

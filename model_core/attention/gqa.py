@@ -8,6 +8,7 @@ MHA is GQA with `num_groups == num_heads`, MQA is GQA with `num_groups == 1`. On
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model_core.attention.masks import combine_masks, scaled_dot_product_attention
@@ -66,21 +67,36 @@ class GroupQueryAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.apply_causal_mask = apply_causal_mask
         self.use_kv_cache = use_kv_cache
-        kv_dim = self.num_groups * self.head_dim
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.kv_proj = nn.Linear(embed_dim, 2 * kv_dim, bias=bias)  # K and V fused
+        self.kv_dim = self.num_groups * self.head_dim
+        # Q, K and V projections stacked in one matrix (rows: Q, then K, then V), as in
+        # PyTorch's `in_proj_weight`: self-attention projects all three in one matmul.
+        self.in_proj = nn.Linear(embed_dim, embed_dim + 2 * self.kv_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
     def _split_heads(self, x: Tensor, heads: int) -> Tensor:
         b, t, _ = x.shape
         return x.view(b, t, heads, self.head_dim).transpose(1, 2)  # (B, h, T, hd)
 
+    def _project(self, x: Tensor, rows: slice) -> Tensor:
+        bias = None if self.in_proj.bias is None else self.in_proj.bias[rows]
+        return F.linear(x, self.in_proj.weight[rows], bias)
+
     def project_q(self, x: Tensor) -> Tensor:
-        return self._split_heads(self.q_proj(x), self.num_heads)  # (B, H, T, hd)
+        q = self._project(x, slice(0, self.embed_dim))
+        return self._split_heads(q, self.num_heads)  # (B, H, T, hd)
 
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        k, v = self.kv_proj(x).chunk(2, dim=-1)
+        kv = self._project(x, slice(self.embed_dim, None))
+        k, v = kv.split(self.kv_dim, dim=-1)
         return self._split_heads(k, self.num_groups), self._split_heads(v, self.num_groups)
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = self.in_proj(x).split([self.embed_dim, self.kv_dim, self.kv_dim], dim=-1)
+        return (
+            self._split_heads(q, self.num_heads),
+            self._split_heads(k, self.num_groups),
+            self._split_heads(v, self.num_groups),
+        )
 
     def _merge(self, out: Tensor) -> Tensor:
         b, _, t, _ = out.shape  # (B, H, T, hd) -> (B, T, D)
@@ -103,12 +119,12 @@ class GroupQueryAttention(nn.Module):
         """
         key = query if key is None else key
         value = key if value is None else value
-        q = self.project_q(query)
-        if value is key:
-            k, v = self.project_kv(key)
+        if key is query and value is query:
+            q, k, v = self.project_qkv(query)
+        elif value is key:
+            q, (k, v) = self.project_q(query), self.project_kv(key)
         else:
-            k = self.project_kv(key)[0]
-            v = self.project_kv(value)[1]
+            q, k, v = self.project_q(query), self.project_kv(key)[0], self.project_kv(value)[1]
         causal = self.apply_causal_mask if is_causal is None else is_causal
         tq, tk = q.shape[-2], k.shape[-2]
         if causal and attn_mask is None and key_padding_mask is None and tq == tk:
@@ -126,10 +142,10 @@ class GroupQueryAttention(nn.Module):
     def forward_cached(self, x: Tensor, cache: LayerKV, plan: CachePlan) -> Tensor:
         """Self-attention of new tokens `x` `[B, T, D]`: write their K/V into the cache
         at the plan's slots, then attend over the cache with the plan's mask."""
-        k, v = self.project_kv(x)
+        q, k, v = self.project_qkv(x)
         cache.write(k, v, plan)
         keys, values = cache.read(plan)
-        return self.attend_to(x, keys, values, plan.mask)
+        return self._merge(scaled_dot_product_attention(q, keys, values, plan.mask))
 
 
 def _and_masks(attn_mask: Tensor, allowed: Tensor) -> Tensor:
