@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -10,8 +11,10 @@ class FeedForward(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(embed_dim, latent_dim)
         self.linear2 = nn.Linear(latent_dim, embed_dim)
-        self.activation = nn.ReLU()
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+        h = F.relu(self.linear1(x))
+        if self.training:  # (eval skips the no-op module call: this is the decode path)
+            h = self.dropout(h)
+        return self.linear2(h)
