@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from model_core.inference import inference_entry_point
 from model_core.sampling import sample
 
 
@@ -59,7 +60,7 @@ def _decode_loop(
     return torch.cat(outputs, dim=1)
 
 
-@torch.no_grad()
+@inference_entry_point
 def generate(
     model: Any,
     prompt: Tensor,
@@ -86,15 +87,15 @@ def generate(
             f"prompt ({t}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
             f"({model.config.max_seq_len}); shorten them or pass sliding=True"
         )
-    cache = model.new_cache(b, capacity=capacity, sliding=sliding)
     if lengths is not None:
         lengths = torch.as_tensor(lengths, device=prompt.device)
+    cache = model.new_cache(b, capacity=capacity, sliding=sliding)
     out = model.step(prompt, cache, lengths)
     first = last_real(out, lengths)
     return _decode_loop(model, cache, first, max_new_tokens, temperature, top_k, top_p, generator)
 
 
-@torch.no_grad()
+@inference_entry_point
 def generate_seq2seq(
     model: Any,
     source: Tensor,

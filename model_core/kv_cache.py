@@ -37,7 +37,8 @@ class CachePlan:
     write_steps: Tensor  # (N,) index within the step of each valid token
     write_slots: Tensor  # (N,) slot each valid token is written to
     kv_len: int  # attention reads slots [0, kv_len)
-    mask: Tensor  # (B, 1, T, kv_len) bool, True = attend
+    mask: Tensor | None  # (B, 1, T, kv_len) or (T, kv_len) bool, True = attend; None = all
+    contiguous_start: int | None = None  # every row writes slots [start, start + T)
 
 
 class LayerKV:
@@ -48,6 +49,11 @@ class LayerKV:
         self.v = v
 
     def write(self, k: Tensor, v: Tensor, plan: CachePlan) -> None:
+        start = plan.contiguous_start
+        if start is not None:  # all rows at the same length: one slice copy per tensor
+            self.k[:, :, start : start + k.shape[2]] = k
+            self.v[:, :, start : start + v.shape[2]] = v
+            return
         rows, steps, slots = plan.write_rows, plan.write_steps, plan.write_slots
         # k[rows, :, steps] is (N, G, hd); the destination index has the same shape.
         self.k[rows, :, slots] = k[rows, :, steps]
@@ -113,6 +119,10 @@ class KVCache:
         t = num_tokens
         assert t <= self.max_step, f"step of {t} tokens > max_step {self.max_step}"
         b, device = self.batch_size, self.lengths.device
+        if valid is None and self.window is None:
+            shortest, longest = (int(n) for n in self.lengths.aminmax())
+            if shortest == longest:
+                return self._plan_uniform(t, longest)
         steps = torch.arange(t, device=device)
         positions = self.lengths[:, None] + steps  # (B, T)
         if valid is None:
@@ -142,6 +152,26 @@ class KVCache:
             # A padded query of an empty row would see nothing (NaN); let it see slot 0.
             allowed[:, :, 0] |= ~valid
         return CachePlan(positions, rows, step_idx, slots, kv_len, allowed[:, None])
+
+    def _plan_uniform(self, t: int, length: int) -> CachePlan:
+        """Expanding cache, every row at `length` with T real new tokens: slots
+        [0, length) hold positions 0..length-1, so the step writes one contiguous slice
+        and query i sees slots <= length + i (all of them for one token: no mask)."""
+        if length + t > self.capacity:
+            raise CacheFullError(
+                f"sequence of {length + t} tokens exceeds the cache capacity "
+                f"({self.capacity}); allocate a larger cache or use a sliding window"
+            )
+        device = self.lengths.device
+        positions = torch.arange(length, length + t, device=device).expand(self.batch_size, t)
+        self.slot_pos[:, length : length + t] = positions
+        self.lengths = self.lengths + t
+        kv_len = length + t
+        mask = None
+        if t > 1:
+            mask = torch.ones(t, kv_len, dtype=torch.bool, device=device).tril(length)
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return CachePlan(positions, empty, empty, empty, kv_len, mask, contiguous_start=length)
 
     def rollback(self, new_lengths: Tensor) -> None:
         """Forget every position >= `new_lengths[b]` of each row (no-op where longer)."""

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from model_core.configs import TransformerModelConfig
 from model_core.generation import last_real
+from model_core.inference import inference_entry_point
 from model_core.sampling import SamplingParams, probabilities, sample_from
 
 
@@ -154,7 +155,7 @@ def _verify_sampled(
     return n, sample_from(residual, generator)
 
 
-@torch.no_grad()
+@inference_entry_point
 def speculative_generate(
     target: Any,
     draft: Any,

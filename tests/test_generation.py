@@ -103,3 +103,11 @@ def test_greedy_is_argmax_and_invalid_params_are_rejected() -> None:
     for bad in (dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
+
+
+def test_generated_tokens_are_normal_tensors_usable_in_autograd() -> None:
+    """Generation runs in inference mode but must not hand back inference tensors."""
+    model = ar_model("gqa", 40).train()
+    new = generate(model, torch.randint(0, 40, (1, 4)), 3)
+    assert not new.is_inference()
+    model(new).sum().backward()  # would raise for an inference tensor
