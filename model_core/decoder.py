@@ -17,6 +17,7 @@ from model_core.configs import FFNConfig
 from model_core.encoder import torch_mask_to_sdpa, torch_padding_to_sdpa
 from model_core.feed_forward_block import FeedForwardBlock
 from model_core.kv_cache import CachePlan, LayerKV
+from model_core.module_calls import layer_norm
 
 
 class TransformerDecoderLayer(nn.Module):
@@ -84,7 +85,7 @@ class TransformerDecoderLayer(nn.Module):
     ) -> Tensor:
         """New target tokens `(B, T, D)`, attending over the self-attention cache and the
         encoder output's K/V (projected once per source by `cross_attn.project_kv`)."""
-        x = self.norm1(x + self.self_attn.forward_cached(x, cache, plan))
+        x = layer_norm(self.norm1, x + self.self_attn.forward_cached(x, cache, plan))
         mem_mask = combine_masks(None, memory_padding_mask)
-        x = self.norm2(x + self.cross_attn.attend_to(x, *memory_kv, mem_mask))
-        return self.norm3(x + self.ffn(x, token_mask))
+        x = layer_norm(self.norm2, x + self.cross_attn.attend_to(x, *memory_kv, mem_mask))
+        return layer_norm(self.norm3, x + self.ffn.forward(x, token_mask))

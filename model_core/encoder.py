@@ -17,6 +17,7 @@ from model_core.attention.gqa import GroupQueryAttention
 from model_core.configs import FFNConfig
 from model_core.feed_forward_block import FeedForwardBlock
 from model_core.kv_cache import CachePlan, LayerKV
+from model_core.module_calls import layer_norm
 
 
 def torch_mask_to_sdpa(mask: Tensor | None, batch: int | None = None) -> Tensor | None:
@@ -87,5 +88,5 @@ class TransformerEncoderLayer(nn.Module):
 
     def step(self, x: Tensor, cache: LayerKV, plan: CachePlan, token_mask: Tensor | None) -> Tensor:
         """New tokens `(B, T, D)` through the layer, attending over the KV cache."""
-        x = self.norm1(x + self.self_attn.forward_cached(x, cache, plan))
-        return self.norm2(x + self.ffn(x, token_mask))
+        x = layer_norm(self.norm1, x + self.self_attn.forward_cached(x, cache, plan))
+        return layer_norm(self.norm2, x + self.ffn.forward(x, token_mask))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model_core.module_calls import linear
+
 
 class FeedForward(nn.Module):
     def __init__(self, embed_dim: int, latent_dim: int, dropout: float = 0.0) -> None:
@@ -14,7 +16,7 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.relu(self.linear1(x))
-        if self.training:  # (eval skips the no-op module call: this is the decode path)
+        h = F.relu(linear(self.linear1, x))
+        if self.training:  # eval skips the no-op module call (see module_calls)
             h = self.dropout(h)
-        return self.linear2(h)
+        return linear(self.linear2, h)

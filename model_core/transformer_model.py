@@ -24,6 +24,7 @@ from model_core.embedding import InputEmbedding, valid_mask
 from model_core.encoder import TransformerEncoderLayer
 from model_core.feed_forward_block import FeedForwardBlock
 from model_core.kv_cache import DEFAULT_SLIDING_SLACK, CachePlan, KVCache
+from model_core.module_calls import linear
 from model_core.stateful_cache import StatefulCache
 
 
@@ -171,7 +172,7 @@ class AutoregressiveTransformerModel(_Model):
             h = self.embedding(chunk, plan.positions)
             for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
                 h = layer.step(h, layer_cache, plan, valid)
-            outputs.append(self.output_proj(h))
+            outputs.append(linear(self.output_proj, h))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
     def generate_next_token(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:

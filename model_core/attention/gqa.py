@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from model_core.attention.masks import combine_masks, scaled_dot_product_attention
 from model_core.kv_cache import CachePlan, LayerKV
+from model_core.module_calls import linear
 
 
 def resolve_num_groups(
@@ -91,7 +92,8 @@ class GroupQueryAttention(nn.Module):
         return self._split_heads(k, self.num_groups), self._split_heads(v, self.num_groups)
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        q, k, v = self.in_proj(x).split([self.embed_dim, self.kv_dim, self.kv_dim], dim=-1)
+        qkv = linear(self.in_proj, x)
+        q, k, v = qkv.split([self.embed_dim, self.kv_dim, self.kv_dim], dim=-1)
         return (
             self._split_heads(q, self.num_heads),
             self._split_heads(k, self.num_groups),
@@ -100,7 +102,7 @@ class GroupQueryAttention(nn.Module):
 
     def _merge(self, out: Tensor) -> Tensor:
         b, _, t, _ = out.shape  # (B, H, T, hd) -> (B, T, D)
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.embed_dim))
+        return linear(self.out_proj, out.transpose(1, 2).reshape(b, t, self.embed_dim))
 
     def forward(
         self,
