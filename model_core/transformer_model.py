@@ -135,6 +135,10 @@ class AutoregressiveTransformerModel(_Model):
         (`expanding_context` True: expanding cache, False: sliding window)."""
         if self.use_kv_cache:
             return self._stateful.run(self, x, expanding_context)
+        return self.forward_full(x, lengths)
+
+    def forward_full(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """The whole (right-padded) sequence at once, without any cache."""
         valid = valid_mask(x.shape[0], x.shape[1], lengths, x.device)
         pad = None if lengths is None else ~valid
         h = self.embedding(x)
@@ -181,16 +185,8 @@ class AutoregressiveTransformerModel(_Model):
         from model_core.generation import next_from_output
 
         with torch.no_grad():
-            out = self._forward_uncached(x, lengths)
+            out = self.forward_full(x, lengths)
         return next_from_output(self, out, lengths)
-
-    def _forward_uncached(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        saved = self.config.decode_config.use_kv_cache
-        self.config.decode_config.use_kv_cache = False
-        try:
-            return self.forward(x, lengths)
-        finally:
-            self.config.decode_config.use_kv_cache = saved
 
     def generate(self, x: Tensor, max_new_tokens: int, **sampling: Any) -> Tensor:
         """Prefill `x`, then decode `max_new_tokens` with the KV cache; see
