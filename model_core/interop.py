@@ -22,6 +22,8 @@ PyTorch does, but not the attention weights (identical in eval mode).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -87,21 +89,25 @@ def from_torch_decoder_layer(layer: nn.TransformerDecoderLayer) -> TransformerDe
     return ours
 
 
+def _torch_layer_settings(layer: OurLayer, ffn: FeedForward) -> dict[str, Any]:
+    """Constructor arguments of the PyTorch layer equivalent to `layer`."""
+    return {
+        "d_model": layer.self_attn.embed_dim,
+        "nhead": layer.self_attn.num_heads,
+        "dim_feedforward": ffn.linear1.out_features,
+        "dropout": layer.dropout1.p,
+        "activation": "relu",
+        "layer_norm_eps": layer.norm1.eps,
+        "batch_first": True,
+        "norm_first": False,
+    }
+
+
 def to_torch_encoder_layer(layer: TransformerEncoderLayer) -> nn.TransformerEncoderLayer:
     """PyTorch's `TransformerEncoderLayer(batch_first=True)` with the weights of our
     `layer` (multi-head attention with a dense FFN only); in eval mode if `layer` was."""
     ffn = _check_our_layer(layer)
-    d_model = layer.self_attn.embed_dim
-    torch_layer = nn.TransformerEncoderLayer(
-        d_model,
-        layer.self_attn.num_heads,
-        dim_feedforward=ffn.linear1.out_features,
-        dropout=layer.dropout1.p,
-        activation="relu",
-        layer_norm_eps=layer.norm1.eps,
-        batch_first=True,
-        norm_first=False,
-    )
+    torch_layer = nn.TransformerEncoderLayer(**_torch_layer_settings(layer, ffn))
     _finish(torch_layer, layer)
     with torch.no_grad():
         _copy_attention_to_torch(torch_layer.self_attn, layer.self_attn)
@@ -115,17 +121,7 @@ def to_torch_decoder_layer(layer: TransformerDecoderLayer) -> nn.TransformerDeco
     `layer` (multi-head attention with a dense FFN only); in eval mode if `layer` was.
     PyTorch's layer is never causal by itself: pass `tgt_mask` for a causal decoder."""
     ffn = _check_our_layer(layer)
-    d_model = layer.self_attn.embed_dim
-    torch_layer = nn.TransformerDecoderLayer(
-        d_model,
-        layer.self_attn.num_heads,
-        dim_feedforward=ffn.linear1.out_features,
-        dropout=layer.dropout1.p,
-        activation="relu",
-        layer_norm_eps=layer.norm1.eps,
-        batch_first=True,
-        norm_first=False,
-    )
+    torch_layer = nn.TransformerDecoderLayer(**_torch_layer_settings(layer, ffn))
     _finish(torch_layer, layer)
     with torch.no_grad():
         _copy_attention_to_torch(torch_layer.self_attn, layer.self_attn)
