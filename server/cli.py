@@ -1,16 +1,70 @@
-"""The `kvserve` command. Only `--help` and `version` exist until the server lands."""
+"""The `kvserve` command: `train` and `eval` the demo recipes (`serve` lands with the
+HTTP server)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _recipe_help() -> str:
+    from model_core.recipes import RECIPES
+
+    width = max(len(name) for name in RECIPES)
+    return "recipes:\n" + "\n".join(
+        f"  {name:<{width}}  {r.summary}" for name, r in RECIPES.items()
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvserve", description="kvserve command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("version", help="print the installed version")
+    fmt = argparse.RawDescriptionHelpFormatter
+    train = commands.add_parser(
+        "train", help="train a demo recipe", epilog=_recipe_help(), formatter_class=fmt
+    )
+    train.add_argument("recipe", help="recipe name (listed below)")
+    train.add_argument(
+        "--out", type=Path, help="checkpoint directory (default: the bundled demo's)"
+    )
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    evaluate = commands.add_parser(
+        "eval", help="re-measure a recipe's quality figures", epilog=_recipe_help(),
+        formatter_class=fmt,
+    )  # fmt: skip
+    evaluate.add_argument("recipe", help="recipe name (listed below)")
+    evaluate.add_argument(
+        "--checkpoint", type=Path, help="checkpoint directory (default: the bundled demo's)"
+    )
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kvserve", description=__doc__)
-    parser.add_argument("command", choices=["version"], help="what to do")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "version":
         from importlib.metadata import version
 
         print(version("kvserve"))
+        return 0
+    from model_core.recipes import RECIPES, bundled_dir
+
+    recipe = RECIPES.get(args.recipe)
+    if recipe is None:
+        print(f"kvserve: unknown recipe {args.recipe!r}\n{_recipe_help()}", file=sys.stderr)
+        return 2
+    if args.command == "train":
+        out = args.out or bundled_dir() / recipe.name
+        metrics = recipe.train(out, args.seed)
+        print(f"{recipe.name}: wrote {out}; metrics {json.dumps(metrics, sort_keys=True)}")
+    else:
+        path = args.checkpoint or bundled_dir() / recipe.name
+        metrics = recipe.evaluate(path)
+        print(f"{recipe.name}: {json.dumps(metrics, sort_keys=True)}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The bundled demo checkpoints, one directory each (see `model_core.recipes`)."""
