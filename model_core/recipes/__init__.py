@@ -38,7 +38,11 @@ RECIPES: dict[str, Recipe] = {
     for r in (
         Recipe("sine-regressor", "noisy sine -> amplitude, frequency, phase", "sine_regressor"),
         Recipe("sine-forecaster", "continues a noisy multi-sine signal", "sine_forecaster"),
-        Recipe("digits-seq2seq", "digit string -> its reversal and digit sum", "digits_seq2seq"),
+        Recipe(
+            "digits-seq2seq",
+            "digit string -> its reversal, =, largest and smallest digit",
+            "digits_seq2seq",
+        ),
         Recipe("text-lm", "byte-level GQA language model on Python's stdlib", "text_lm"),
         Recipe("text-lm-draft", "1-layer MQA draft distilled from text-lm", "text_lm_draft"),
         Recipe("text-lm-moe", "text-lm with an 8-expert top-2 MoE FFN", "text_lm_moe"),
