@@ -102,7 +102,7 @@ def train_model(
         total.backward()
         nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
-        value = float(loss)
+        value = float(loss.detach())
         if step >= settings.steps - max(1, settings.steps // 10):
             tail.append(value)
         progress.update(value)
