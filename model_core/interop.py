@@ -38,22 +38,29 @@ TorchLayer = nn.TransformerEncoderLayer | nn.TransformerDecoderLayer
 OurLayer = TransformerEncoderLayer | TransformerDecoderLayer
 
 
+def _our_layer_settings(layer: TorchLayer) -> dict[str, Any]:
+    """Constructor arguments of the model_core layer equivalent to PyTorch's `layer`:
+    multi-head (one K/V head per query head), not causal by itself (masks come from the
+    caller, as with PyTorch)."""
+    d_model, nhead, eps, dropout = _layer_shape(layer)
+    return {
+        "embed_dim": d_model,
+        "num_heads": nhead,
+        "ffn_config": FFNConfig(embed_dim=d_model, latent_dim=layer.linear1.out_features),
+        "num_groups": nhead,
+        "apply_causal_mask": False,
+        "dropout": dropout,
+        "layer_norm_eps": eps,
+    }
+
+
 def from_torch_encoder_layer(layer: nn.TransformerEncoderLayer) -> TransformerEncoderLayer:
     """A model_core encoder layer with the weights of PyTorch's `layer` (same outputs for
     the same `src`, `src_mask`, `src_key_padding_mask`); in eval mode if `layer` was."""
     if not isinstance(layer, nn.TransformerEncoderLayer):
         raise TypeError(f"expected torch.nn.TransformerEncoderLayer, got {type(layer).__name__}")
     _check_torch_layer(layer, "encoder")
-    d_model, nhead, eps, dropout = _layer_shape(layer)
-    ours = TransformerEncoderLayer(
-        d_model,
-        nhead,
-        FFNConfig(embed_dim=d_model, latent_dim=layer.linear1.out_features),
-        num_groups=nhead,
-        apply_causal_mask=False,
-        dropout=dropout,
-        layer_norm_eps=eps,
-    )
+    ours = TransformerEncoderLayer(**_our_layer_settings(layer))
     _finish(ours, layer)
     with torch.no_grad():
         _copy_attention_from_torch(ours.self_attn, layer.self_attn)
@@ -70,16 +77,7 @@ def from_torch_decoder_layer(layer: nn.TransformerDecoderLayer) -> TransformerDe
         raise TypeError(f"expected torch.nn.TransformerDecoderLayer, got {type(layer).__name__}")
     _check_torch_layer(layer, "decoder")
     _check_torch_attention(layer.multihead_attn, "decoder", "multihead_attn")
-    d_model, nhead, eps, dropout = _layer_shape(layer)
-    ours = TransformerDecoderLayer(
-        d_model,
-        nhead,
-        FFNConfig(embed_dim=d_model, latent_dim=layer.linear1.out_features),
-        num_groups=nhead,
-        apply_causal_mask=False,
-        dropout=dropout,
-        layer_norm_eps=eps,
-    )
+    ours = TransformerDecoderLayer(**_our_layer_settings(layer))
     _finish(ours, layer)
     with torch.no_grad():
         _copy_attention_from_torch(ours.self_attn, layer.self_attn)
