@@ -99,19 +99,24 @@ def train_card(
     }
 
 
-def train(out_dir: Path, seed: int = 0) -> dict[str, Any]:
+def train_language_model(model: nn.Module, settings: TrainSettings, desc: str) -> dict[str, float]:
+    """Next-byte training on random windows of the training corpus (shared with text-lm-moe)."""
     corpus = load_corpus()
-    torch.manual_seed(seed)
-    model = model_config().build()
-    settings = TrainSettings(**{**SETTINGS.__dict__, "seed": seed})
-    start = time.perf_counter()
-    stats = train_model(
+    return train_model(
         model,
         lambda g: random_windows(corpus.train, BATCH, SEQ_LEN, g),
         lm_loss,
         settings,
-        desc="text-lm",
+        desc=desc,
     )
+
+
+def train(out_dir: Path, seed: int = 0) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    model = model_config().build()
+    settings = TrainSettings(**{**SETTINGS.__dict__, "seed": seed})
+    start = time.perf_counter()
+    stats = train_language_model(model, settings, "text-lm")
     metrics = {
         "held_out_bits_per_byte": held_out_bpb(model),
         "held_out_windows": f"{EVAL_WINDOWS} x {SEQ_LEN} bytes, seed {EVAL_SEED}",

@@ -26,12 +26,18 @@ from torch import nn
 
 from model_core import checkpoint
 from model_core.configs import FFNConfig, TransformerModelConfig
-from model_core.recipes.text_corpus import held_out_windows, load_corpus, random_windows
-from model_core.recipes.text_lm import EVAL_SEED, SEQ_LEN, held_out_bpb, lm_loss, train_card
+from model_core.recipes.text_corpus import held_out_windows, load_corpus
+from model_core.recipes.text_lm import (
+    BATCH,  # the training batch: capacity below is per batch
+    EVAL_SEED,
+    SEQ_LEN,
+    held_out_bpb,
+    train_card,
+    train_language_model,
+)
 from model_core.tokenizer import VOCAB_SIZE
-from model_core.train import TrainSettings, train_model
+from model_core.train import TrainSettings
 
-BATCH = 8
 NUM_EXPERTS = 8
 TOPK = 2
 CAPACITY_FACTOR = 1.0
@@ -101,18 +107,11 @@ def routing_stats(model: nn.Module, seed: int = STATS_SEED) -> dict[str, Any]:
 
 
 def train(out_dir: Path, seed: int = 0) -> dict[str, Any]:
-    corpus = load_corpus()
     torch.manual_seed(seed)
     model = model_config().build()
     settings = TrainSettings(**{**SETTINGS.__dict__, "seed": seed})
     start = time.perf_counter()
-    stats = train_model(
-        model,
-        lambda g: random_windows(corpus.train, BATCH, SEQ_LEN, g),
-        lm_loss,
-        settings,
-        desc="text-lm-moe",
-    )
+    stats = train_language_model(model, settings, "text-lm-moe")
     metrics = {
         "held_out_bits_per_byte": held_out_bpb(model),
         "held_out_windows": f"64 x {SEQ_LEN} bytes, seed {EVAL_SEED}",
