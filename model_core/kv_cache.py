@@ -141,7 +141,7 @@ class KVCache:
         written = positions[rows, step_idx]
         slots = written % self.capacity
         self.slot_pos[rows, slots] = written
-        self.lengths = new_lengths
+        self.lengths.copy_(new_lengths)  # in place: row views (`rows`) share it
         kv_len = min(self.capacity, longest)
         held = self.slot_pos[:, None, :kv_len]  # (B, 1, L)
         query = positions[:, :, None]  # (B, T, 1)
@@ -165,7 +165,7 @@ class KVCache:
         device = self.lengths.device
         positions = torch.arange(length, length + t, device=device).expand(self.batch_size, t)
         self.slot_pos[:, length : length + t] = positions
-        self.lengths = self.lengths + t
+        self.lengths += t
         kv_len = length + t
         mask = None
         if t > 1:
@@ -180,10 +180,63 @@ class KVCache:
             undone = int((self.lengths - new_lengths).max())
             assert undone <= self.max_step, f"cannot roll back {undone} > {self.max_step}"
         self.slot_pos.masked_fill_(self.slot_pos >= new_lengths[:, None], -1)
-        self.lengths = new_lengths
+        self.lengths.copy_(new_lengths)
 
     def reset_rows(self, rows: Tensor | list[int]) -> None:
         """Empty the given rows so new sequences can use them."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.lengths.device)
         self.slot_pos[rows] = -1
         self.lengths[rows] = 0
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """Rows `[start, stop)` as a cache that shares this one's storage: steps run on
+        the view write through to these rows (a scheduler runs a step on the rows in use)."""
+        view = object.__new__(KVCache)
+        view.capacity, view.window = self.capacity, self.window
+        view.layers = [LayerKV(layer.k[start:stop], layer.v[start:stop]) for layer in self.layers]
+        view.slot_pos = self.slot_pos[start:stop]
+        view.lengths = self.lengths[start:stop]
+        return view
+
+    def copy_row(self, src: int, dst: int) -> None:
+        """Make row `dst` hold what row `src` holds."""
+        for layer in self.layers:
+            layer.k[dst] = layer.k[src]
+            layer.v[dst] = layer.v[src]
+        self.slot_pos[dst] = self.slot_pos[src]
+        self.lengths[dst] = self.lengths[src]
+
+    def export_row(self, row: int) -> RowState:
+        """A copy of one row, trimmed to its length for an expanding cache."""
+        length = int(self.lengths[row])
+        used = self.capacity if self.window is not None else length
+        return RowState(
+            length,
+            [
+                (layer.k[row, :, :used].clone(), layer.v[row, :, :used].clone())
+                for layer in self.layers
+            ],
+            self.slot_pos[row, :used].clone(),
+        )
+
+    def import_row(self, row: int, state: RowState) -> None:
+        """Load an exported row into `row` (of a cache with the same shape per token)."""
+        used = state.slot_pos.shape[0]
+        self.reset_rows([row])
+        for layer, (k, v) in zip(self.layers, state.kv, strict=True):
+            layer.k[row, :, :used] = k
+            layer.v[row, :, :used] = v
+        self.slot_pos[row, :used] = state.slot_pos
+        self.lengths[row] = state.length
+
+
+@dataclass
+class RowState:
+    """One sequence's cache taken out of a batch (e.g. an idle session's)."""
+
+    length: int
+    kv: list[tuple[Tensor, Tensor]]  # per layer, (G, used slots, hd)
+    slot_pos: Tensor  # (used slots,)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for pair in self.kv for t in pair)

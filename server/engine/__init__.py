@@ -1,0 +1,1 @@
+"""The serving engine: workers, scheduling, KV pool (see scheduler.py, pool.py)."""

@@ -1,0 +1,94 @@
+"""A request's state inside a worker, and picking each sequence's next token."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from model_core.sampling import SamplingParams, probabilities, sample_from
+from server.engine.protocol import Event, WorkRequest
+
+
+@dataclass
+class Sequence:
+    """One generation inside a worker.
+
+    pending: inputs not yet in the cache (the prompt during prefill). last: the newest
+    output, fed at the next decode step. row: its row in its group's batch cache."""
+
+    req: WorkRequest
+    pending: list[Any]
+    params: SamplingParams
+    generator: torch.Generator | None
+    cached_tokens: int = 0
+    emitted: int = 0
+    last: Any = None
+    row: int = -1
+    finished: str | None = None  # finish reason, once it has one
+    arrived: float = field(default_factory=time.monotonic)
+    spec: dict[str, int] = field(
+        default_factory=lambda: {"rounds": 0, "proposed": 0, "accepted": 0, "rejected": 0}
+    )
+
+    @property
+    def id(self) -> str:
+        return self.req.id
+
+    @property
+    def decoding(self) -> bool:
+        """Prefill is over and outputs are still wanted: the next step feeds `last`."""
+        return not self.pending and self.finished is None
+
+    @property
+    def remaining(self) -> int:
+        return self.req.max_new_tokens - self.emitted
+
+    def usage(self) -> dict[str, int]:
+        prompt = len(self.req.inputs) + len(self.req.start)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": self.emitted,
+            "cached_tokens": self.cached_tokens,
+        }
+
+    def emit(self, output: Any, events: list[Event]) -> None:
+        """Send one output; set `finished` when it is the last one."""
+        events.append(("token", self.req.id, self.emitted, output))
+        self.emitted += 1
+        self.last = output
+        if isinstance(output, int) and output in self.req.stop:
+            self.finished = "stop"
+        elif self.emitted >= self.req.max_new_tokens:
+            self.finished = "length"
+
+    def done_event(self, reason: str, extra: dict[str, Any] | None = None) -> Event:
+        return ("done", self.req.id, reason, self.usage(), extra or {})
+
+
+def new_sequence(req: WorkRequest, pending: list[Any]) -> Sequence:
+    s = req.sampling
+    params = SamplingParams(s.temperature, s.top_k, s.top_p)
+    generator = None
+    if not params.greedy and s.seed is not None:
+        generator = torch.Generator().manual_seed(s.seed)
+    return Sequence(req, pending, params, generator)
+
+
+def pick_tokens(logits: Tensor, seqs: list[Sequence]) -> list[int]:
+    """Next token of each sequence from its logits row `(n, V)`: one argmax for the greedy
+    rows, and each sampled row drawn with its own generator (so a seeded request draws
+    the same tokens whatever it is batched with)."""
+    if all(s.params.greedy for s in seqs):
+        return logits.argmax(dim=-1).tolist()
+    out = []
+    for i, s in enumerate(seqs):
+        if s.params.greedy:
+            out.append(int(logits[i].argmax()))
+        else:
+            probs = probabilities(logits[i : i + 1].float().cpu(), s.params)
+            out.append(int(sample_from(probs, s.generator)))
+    return out
