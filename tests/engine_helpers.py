@@ -53,14 +53,15 @@ def drive(
 def alone(models: dict[str, nn.Module], req: WorkRequest) -> list[Any]:
     """What the request produces served alone, by model_core's generation loops (greedy)."""
     model = models[req.model]
+    device = next(model.parameters()).device
     if req.op == "seq2seq":
-        out = generate_seq2seq(
-            model, torch.tensor([req.inputs]), torch.tensor([req.start]), req.max_new_tokens
-        )[0].tolist()
+        source = torch.tensor([req.inputs], device=device)
+        start = torch.tensor([req.start], device=device)
+        out = generate_seq2seq(model, source, start, req.max_new_tokens)[0].tolist()
     else:
         dtype = torch.long if model.config.uses_tokens else torch.float32
-        out = generate(model, torch.tensor([req.inputs], dtype=dtype), req.max_new_tokens)[0]
-        out = out.tolist()
+        prompt = torch.tensor([req.inputs], dtype=dtype, device=device)
+        out = generate(model, prompt, req.max_new_tokens)[0].tolist()
     for i, token in enumerate(out):
         if isinstance(token, int) and token in req.stop:
             return out[: i + 1]

@@ -121,9 +121,9 @@ class SpeculativeGroup(DecodeGroup):
                     accepted += 1
                 nxt = choice[accepted]
             else:
-                acc, tok = _verify_sampled(
-                    logits[row : row + 1, : g + 1],
-                    self._long([drafted]).reshape(1, g),
+                acc, tok = _verify_sampled(  # on the CPU, where the generators live
+                    logits[row : row + 1, : g + 1].float().cpu(),
+                    torch.tensor([drafted], dtype=torch.long).reshape(1, g),
                     q_rows[row],
                     seq.params,
                     seq.generator,
@@ -171,7 +171,7 @@ class SpeculativeGroup(DecodeGroup):
                 if seq.params.greedy:
                     proposals[row].append(int(q_next[row].argmax()))
                 else:
-                    q = probabilities(q_next[row : row + 1].float(), seq.params)
+                    q = probabilities(q_next[row : row + 1].float().cpu(), seq.params)
                     q_rows[row].append(q)
                     proposals[row].append(int(sample_from(q, seq.generator)))
             if i + 1 < max(steps):
