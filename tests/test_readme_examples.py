@@ -21,4 +21,4 @@ def test_readme_has_examples() -> None:
 @pytest.mark.parametrize("index", range(len(python_blocks())))
 def test_readme_example_runs(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # examples may write checkpoints
-    exec(compile(python_blocks()[index], f"README block {index}", "exec"), {})
+    exec(compile(python_blocks()[index], f"README block {index}", "exec"), {"__name__": "__main__"})
