@@ -3,6 +3,7 @@ step per iteration for every decoding row."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -91,16 +92,43 @@ class DecodeGroup(RowGroup):
 
     def prefill(self, budget: int, events: list[Event]) -> int:
         fed = 0
-        for seq in self.seqs:
-            if not seq.pending or seq.finished or fed >= budget:
-                continue
-            chunk = seq.pending[: budget - fed]
-            out = self.model.step(self.inputs([chunk]), self.view(seq.row, seq.row + 1))
-            seq.pending = seq.pending[len(chunk) :]
-            fed += len(chunk)
-            if not seq.pending:
-                seq.emit(self.outputs(out[:, -1], [seq])[0], events)
+        for seqs, chunks, start, x, lengths in self.prefill_batches(budget):
+            out = self.model.step(x, self.view(start, start + len(seqs)), lengths)
+            last = torch.tensor([len(c) - 1 for c in chunks], device=self.device)
+            outputs = out[torch.arange(len(seqs), device=self.device), last]
+            for i, (seq, chunk) in enumerate(zip(seqs, chunks, strict=True)):
+                fed += len(chunk)
+                if not seq.pending:
+                    seq.emit(self.outputs(outputs[i : i + 1], [seq])[0], events)
         return fed
+
+    def prefill_batches(
+        self, budget: int
+    ) -> Iterator[tuple[list[Sequence], list[list[Any]], int, Tensor, Tensor | None]]:
+        """Chunks of pending inputs (at most `budget` tokens in all), batched over runs of
+        adjacent rows: (sequences, chunks, first row, right-padded inputs, lengths or
+        None). Each sequence's `pending` has already lost its chunk."""
+        picked: list[tuple[Sequence, list[Any]]] = []
+        for seq in self.seqs:
+            room = budget - sum(len(c) for _, c in picked)
+            if seq.pending and not seq.finished and room > 0:
+                picked.append((seq, seq.pending[:room]))
+                seq.pending = seq.pending[room:]
+        blank = 0 if self.uses_tokens else [0.0] * self.input_dim
+        i = 0
+        while i < len(picked):
+            j = i + 1
+            while j < len(picked) and picked[j][0].row == picked[j - 1][0].row + 1:
+                j += 1
+            seqs = [s for s, _ in picked[i:j]]
+            chunks = [c for _, c in picked[i:j]]
+            width = max(len(c) for c in chunks)
+            x = self.inputs([c + [blank] * (width - len(c)) for c in chunks])
+            lengths = None
+            if any(len(c) < width for c in chunks):
+                lengths = torch.tensor([len(c) for c in chunks], device=self.device)
+            yield seqs, chunks, seqs[0].row, x, lengths
+            i = j
 
     def decode(self, events: list[Event]) -> None:
         n = len(self.seqs)

@@ -68,15 +68,11 @@ class SpeculativeGroup(DecodeGroup):
     def prefill(self, budget: int, events: list[Event]) -> int:
         assert self.draft_cache is not None
         fed = 0
-        for seq in self.seqs:
-            if not seq.pending or seq.finished or fed >= budget:
-                continue
-            chunk = seq.pending[: budget - fed]
-            x = self.inputs([chunk])
-            self.model.step(x, self.view(seq.row, seq.row + 1))
-            self.draft.step(x, self.draft_cache.rows(seq.row, seq.row + 1))
-            seq.pending = seq.pending[len(chunk) :]
-            fed += len(chunk)
+        for seqs, chunks, start, x, lengths in self.prefill_batches(budget):
+            stop = start + len(seqs)
+            self.model.step(x, self.view(start, stop), lengths)
+            self.draft.step(x, self.draft_cache.rows(start, stop), lengths)
+            fed += sum(len(c) for c in chunks)
         return fed
 
     def decode(self, events: list[Event]) -> None:
