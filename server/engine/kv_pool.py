@@ -3,7 +3,8 @@
 Two kinds of memory count against the budget: the batch caches of the running sequences
 (allocated per model group, grown by doubling) and the parked caches of idle sessions.
 Batch caches are reserved before they are allocated; when a reservation does not fit,
-idle sessions are evicted least-recently-used first. An evicted session loses only its
+the storage of idle groups (no running sequence) is freed first, then idle sessions are
+evicted least-recently-used first. An evicted session loses only its
 cache: its history lives in the front end's session store, and the next call rebuilds the
 cache by prefill, so eviction never changes results.
 """
@@ -11,6 +12,7 @@ cache by prefill, so eviction never changes results.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,8 @@ class KVPool:
         self.peak = 0
         self.evictions = 0
         self.rebuilds = 0
+        # Callbacks that free idle batch storage and return the bytes they released.
+        self.reclaimers: list[Callable[[], int]] = []
 
     @property
     def used(self) -> int:
@@ -45,6 +49,9 @@ class KVPool:
     def reserve(self, nbytes: int) -> bool:
         """Reserve `nbytes` for a batch cache, evicting idle sessions as needed. False
         (nothing evicted) when even evicting every idle session would not make room."""
+        if self.used + nbytes > self.budget:
+            for reclaim in self.reclaimers:
+                reclaim()
         if self.reserved + nbytes > self.budget:
             return False
         while self.used + nbytes > self.budget:
@@ -62,6 +69,9 @@ class KVPool:
         an eviction: the session will be rebuilt)."""
         self.drop(session_id)
         size = state.nbytes()
+        if self.used + size > self.budget:
+            for reclaim in self.reclaimers:
+                reclaim()
         if self.reserved + size > self.budget:
             self.evictions += 1
             return False

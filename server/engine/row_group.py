@@ -2,8 +2,9 @@
 
 Rows stay packed: a sequence that leaves is replaced by the last one (one row copy), so
 a step runs on the view of rows `[0, n)` and never on empty rows. Row storage grows by
-doubling (up to `max_rows`) after reserving the bytes in the worker's KV pool, and is
-freed when the group empties.
+doubling (or to the number of rows asked for, up to `max_rows`) after reserving the
+bytes in the worker's KV pool. An empty group keeps its storage (allocating it costs a
+few ms per request) until the pool needs the room (`release_idle`).
 """
 
 from __future__ import annotations
@@ -63,10 +64,11 @@ class RowGroup(ABC):
     def has_room(self) -> bool:
         return len(self.seqs) < self.allocated or self.allocated < self.max_rows
 
-    def add(self, seq: Sequence, events: list[Event]) -> bool:
-        """Give `seq` a row; False when the KV budget has no room for one more."""
+    def add(self, seq: Sequence, events: list[Event], coming: int = 1) -> bool:
+        """Give `seq` a row; False when the KV budget has no room for one more. `coming`:
+        how many sequences are about to join (this one included), to grow once."""
         n = len(self.seqs)
-        if n == self.allocated and not self._grow():
+        if n == self.allocated and not self._grow(n + coming):
             return False
         seq.row = n
         self.seqs.append(seq)
@@ -82,14 +84,21 @@ class RowGroup(ABC):
             self.seqs[row].row = row
         self.seqs.pop()
         seq.row = -1
-        if not self.seqs:
-            self.resize(0)
-            self.pool.release(self.allocated * self.row_bytes())
-            self.allocated = 0
 
-    def _grow(self) -> bool:
+    def release_idle(self) -> int:
+        """Free the storage of an empty group; returns the bytes given back."""
+        if self.seqs or not self.allocated:
+            return 0
+        freed = self.allocated * self.row_bytes()
+        self.resize(0)
+        self.pool.release(freed)
+        self.allocated = 0
+        return freed
+
+    def _grow(self, wanted: int) -> bool:
         n = self.allocated
-        for rows in (min(max(FIRST_ROWS, 2 * n), self.max_rows), min(n + 1, self.max_rows)):
+        first = min(max(FIRST_ROWS, 2 * n, wanted), self.max_rows)
+        for rows in (first, min(n + 1, self.max_rows)):
             if rows > n and self.pool.reserve((rows - n) * self.row_bytes()):
                 self.resize(rows)
                 self.allocated = rows

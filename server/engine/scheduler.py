@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -82,7 +83,10 @@ class Scheduler:
         return bool(self.waiting or self.running or any(self.batchers.values()))
 
     # One iteration.
-    def step(self) -> list[Event]:
+    def step(self, flush: Callable[[list[Event]], None] | None = None) -> list[Event]:
+        """One iteration; returns its events. With `flush`, the first tokens that prefill
+        produced are handed to it before the decode step runs (time to first token then
+        does not include a decode step of the whole batch)."""
         events: list[Event] = []
         self.steps += 1
         self._expire(events)
@@ -93,8 +97,11 @@ class Scheduler:
             if budget > 0:
                 budget -= self._guarded(group, events, _prefill_with(budget, events)) or 0
         self._retire(events)
+        if flush is not None and events:
+            flush(events)
+            events = []
         for group in self._busy_groups():
-            self._guarded(group, events, lambda g: g.decode(events))
+            self._guarded(group, events, _decode_with(events))
         self._retire(events)
         for batcher in self.batchers.values():
             while batcher.due():
@@ -137,10 +144,17 @@ class Scheduler:
             events.append(("error", seq.id, TIMEOUT, _deadline_message(seq)))
 
     def _admit(self, events: list[Event]) -> None:
+        coming: dict[int, int] = {}  # sequences about to join each group
+        room = self.settings.max_running - len(self.running)
+        for seq in list(self.waiting)[:room]:
+            key = id(self._group_for(seq.req))
+            coming[key] = coming.get(key, 0) + 1
         while self.waiting and len(self.running) < self.settings.max_running:
             seq = self.waiting[0]
             group = self._group_for(seq.req)
-            if not group.add(seq, events):
+            wanted = coming.get(id(group), 1)
+            coming[id(group)] = max(1, wanted - 1)
+            if not group.add(seq, events, wanted):
                 if not self.running:  # nothing will free memory: it can never fit
                     self.waiting.popleft()
                     events.append(("error", seq.id, INVALID, self._too_big(group)))
@@ -171,15 +185,22 @@ class Scheduler:
             key: tuple[Any, ...] = ("speculative", req.model, req.draft_model, req.draft_steps)
             if key not in self.groups:
                 target, draft = self.models[req.model], self.models[req.draft_model]
-                self.groups[key] = SpeculativeGroup(
-                    req.model, target, draft, req.draft_steps, self.pool, rows
-                )
+                group = SpeculativeGroup(req.model, target, draft, req.draft_steps, self.pool, rows)
+                self._add_group(key, group)
             return self.groups[key]
         key = (req.op, req.model)
         if key not in self.groups:
             cls = Seq2SeqGroup if req.op == "seq2seq" else DecodeGroup
-            self.groups[key] = cls(req.model, self.models[req.model], self.pool, rows)
+            self._add_group(key, cls(req.model, self.models[req.model], self.pool, rows))
         return self.groups[key]
+
+    def _add_group(self, key: tuple[Any, ...], group: RowGroup) -> None:
+        self.groups[key] = group
+        self.pool.reclaimers.append(group.release_idle)
+
+
+def _decode_with(events: list[Event]) -> Any:
+    return lambda group: group.decode(events)
 
 
 def _prefill_with(budget: int, events: list[Event]) -> Any:

@@ -51,7 +51,10 @@ def worker_main(
             except (EOFError, OSError):  # the front end is gone
                 return
             if scheduler.has_work():
-                out.extend(scheduler.step())
+                if out:  # command replies (errors, cancellations) go first
+                    events.send(out)
+                    out = []
+                out.extend(scheduler.step(flush=events.send))
             now = time.monotonic()
             if out or now - last_stats > STATS_INTERVAL_S:
                 if now - last_stats > STATS_INTERVAL_S:
