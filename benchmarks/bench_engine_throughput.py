@@ -62,8 +62,8 @@ from benchmarks.engine_harness import (
 from benchmarks.harness import measure, paired_ratio, print_table, verdict, write_results
 from server.engine.settings import (
     DEFAULT_OMP_WAIT_POLICY,
-    DEFAULT_THREADS_PER_WORKER,
     EngineSettings,
+    default_threads,
 )
 from server.model_repository import ModelRepository
 
@@ -158,9 +158,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--threads",
         type=int,
-        default=DEFAULT_THREADS_PER_WORKER,
-        help=f"torch threads of the worker and of the bare loop (default "
-        f"{DEFAULT_THREADS_PER_WORKER}, the engine's default)",
+        default=None,
+        help="torch threads of the worker and of the bare loop (default: the engine's "
+        "default for the device, server.engine.settings.default_threads)",
     )
     parser.add_argument("--new-tokens", type=int, default=64, help="M tokens per stream")
     parser.add_argument("--streams", default="1,8,32", help="comma-separated stream counts")
@@ -190,7 +190,7 @@ def main() -> None:
     runs: dict[str, list[StreamsRun]] = {}
     bare_tokens: dict[int, list[list[int]]] = {}
 
-    bare = BareDecoder(args.device, settings.threads(), settings.omp_wait_policy)
+    bare = BareDecoder(args.device, settings.threads(args.device), settings.omp_wait_policy)
     try:
         with running_engine(settings) as (eng, run):
 
@@ -237,7 +237,7 @@ def main() -> None:
 
     print(
         f"\n{MODEL} greedy, {PROMPT_TOKENS}-token prompts, {m} new tokens per stream, "
-        f"device {args.device}, {settings.threads()} torch thread(s) per worker, "
+        f"device {args.device}, {settings.threads(args.device)} torch thread(s) per worker, "
         f"OMP_WAIT_POLICY={settings.omp_wait_policy}, median of {args.repeats} interleaved "
         f"rounds; efficiency and speedup: median of per-round ratios\n"
     )
@@ -347,9 +347,9 @@ def main() -> None:
             "config": {
                 "model": MODEL,
                 "device": args.device,
-                "worker_threads": settings.threads(),
+                "worker_threads": settings.threads(args.device),
                 "omp_wait_policy": settings.omp_wait_policy,
-                "default_threads": DEFAULT_THREADS_PER_WORKER,
+                "default_threads": default_threads(args.device, 1),
                 "default_omp_wait_policy": DEFAULT_OMP_WAIT_POLICY,
                 "prompt_tokens": PROMPT_TOKENS,
                 "new_tokens": m,

@@ -190,7 +190,7 @@ def main() -> None:
     print(
         f"\n{MODEL}: {BASE_MODEL}'s architecture, max_seq_len {MAX_SEQ_LEN}, random weights "
         f"(TTFT depends on shapes, not weights); device {args.device}, "
-        f"{settings.threads()} torch thread(s) per worker, OMP_WAIT_POLICY="
+        f"{settings.threads(args.device)} torch thread(s) per worker, OMP_WAIT_POLICY="
         f"{settings.omp_wait_policy}; {args.repeats} rounds, fresh session each, medians\n"
     )
     labels = {
@@ -241,7 +241,7 @@ def main() -> None:
                 "model_config": config,
                 "weights": "random (TTFT does not depend on them)",
                 "device": args.device,
-                "worker_threads": settings.threads(),
+                "worker_threads": settings.threads(args.device),
                 "omp_wait_policy": settings.omp_wait_policy,
                 "history_tokens": HISTORY_TOKENS,
                 "follow_up_tokens": FOLLOW_UP_TOKENS,

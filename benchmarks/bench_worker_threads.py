@@ -57,8 +57,8 @@ from benchmarks.harness import print_table, write_results
 from server.engine.engine import Engine
 from server.engine.settings import (
     DEFAULT_OMP_WAIT_POLICY,
-    DEFAULT_THREADS_PER_WORKER,
     EngineSettings,
+    default_threads,
 )
 
 SETTINGS = [(1, "PASSIVE"), (1, "ACTIVE"), (2, "PASSIVE"), (2, "ACTIVE")]
@@ -225,7 +225,7 @@ def main() -> None:
             print(f"round {r + 1}/{args.repeats}: {label(threads, policy)} done", flush=True)
     summary = {name: summarize(rs) for name, rs in rounds.items()}
     choice = favoured(summary)
-    default = label(DEFAULT_THREADS_PER_WORKER, DEFAULT_OMP_WAIT_POLICY)
+    default = label(default_threads(args.device, 1), DEFAULT_OMP_WAIT_POLICY)
 
     print(
         f"\n{MODEL} greedy, {STREAMS} concurrent streams x {args.new_tokens} tokens, "

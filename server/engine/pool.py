@@ -187,7 +187,7 @@ class WorkerPool:
         )
         env = {"OMP_WAIT_POLICY": self.settings.omp_wait_policy}
         if worker.device == "cpu":
-            env["OMP_NUM_THREADS"] = str(self.settings.threads())
+            env["OMP_NUM_THREADS"] = str(self.settings.threads(worker.device))
         with _environ(env):
             process.start()
         cmd_read.close()  # the child holds these ends; closing ours makes EOF visible

@@ -28,7 +28,7 @@ def worker_main(
     from server.engine.scheduler import Scheduler
     from server.model_repository import ModelRepository
 
-    torch.set_num_threads(settings.threads())
+    torch.set_num_threads(settings.threads(device))
     dtype = getattr(torch, settings.dtype) if device.startswith("cuda") else torch.float32
     try:
         repository = ModelRepository(settings.model_dir)
