@@ -1,5 +1,5 @@
-"""The `kvserve` command: `train` and `eval` the demo recipes (`serve` lands with the
-HTTP server)."""
+"""The `kvserve` command: `serve` the HTTP API, list `models`, `train` and `eval` the
+demo recipes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from server.serve_command import add_serve_arguments, models_command, serve
 
 
 def _recipe_help() -> str:
@@ -19,10 +21,32 @@ def _recipe_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kvserve", description="kvserve command line")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("version", help="print the installed version")
     fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="kvserve",
+        description="kvserve: a PyTorch transformer inference server.",
+        epilog="start here: `kvserve serve` serves the bundled demo models on "
+        "http://127.0.0.1:8000 (open it in a browser for the playground, /docs for the API)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the HTTP API (the bundled demos by default)",
+        description="Serve the HTTP API. Every flag is also a KVSERVE_* environment "
+        "variable; flags win. Lists are comma-separated.",
+        epilog="examples:\n  kvserve serve\n  kvserve serve --model-dir ./models "
+        "--host 0.0.0.0 --port 8080\n  KVSERVE_API_KEYS=secret kvserve serve",
+        formatter_class=fmt,
+    )
+    add_serve_arguments(serve)
+    models = commands.add_parser(
+        "models", help="list and validate the checkpoints of a model directory"
+    )
+    models.add_argument(
+        "--model-dir", type=Path, default=None, help="directory (default: the bundled demos)"
+    )
+    models.add_argument("--json", action="store_true", help="print JSON")
+    commands.add_parser("version", help="print the installed version")
     train = commands.add_parser(
         "train", help="train a demo recipe", epilog=_recipe_help(), formatter_class=fmt
     )
@@ -44,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    if args.command == "models":
+        return models_command(args)
     if args.command == "version":
         from importlib.metadata import version
 

@@ -41,7 +41,7 @@ def drive(
             for event in events:
                 if event[0] == "token":
                     run.outputs[event[1]].append(event[3])
-                else:
+                elif event[0] in ("done", "error"):
                     run.ends[event[1]] = event
             if check is not None:
                 check(scheduler)

@@ -248,7 +248,9 @@ def test_long_prompt_is_prefilled_in_chunks_while_a_stream_keeps_decoding(
     long = WorkRequest("long", "generate", "text-lm", long_prompt, 5)
     run = drive(scheduler, {0: [running], 2: [long]})
     # While the long prompt is prefilled, the running stream gets a token every step.
-    first_long = next(i for i, ev in enumerate(run.steps) if any(e[1] == "long" for e in ev))
+    first_long = next(
+        i for i, ev in enumerate(run.steps) if any(e[:2] == ("token", "long") for e in ev)
+    )
     assert first_long >= 2 + 400 // budget
     for events in run.steps[2:first_long]:
         assert [e for e in events if e[1] == "running" and e[0] == "token"]

@@ -5,6 +5,8 @@ plain tuples, batched: a worker sends ONE list per scheduler iteration holding e
 event of every sequence it advanced, so a step of 32 streams costs one pipe message.
 
 Event tuples (the first item is the kind):
+- `("admitted", request_id, queued_s)`: the request got a cache row after `queued_s`
+  seconds in the worker's queue (generation requests only).
 - `("token", request_id, index, output)`: output `index` (0-based) of a request: a token id,
   or a value vector (list of floats) for value models; `predict` sends none.
 - `("done", request_id, finish_reason, usage, extra)`: the request finished; usage is

@@ -162,6 +162,7 @@ class Scheduler:
                 return  # wait for running sequences to free rows
             self.waiting.popleft()
             self.running[seq.id] = (seq, group)
+            events.append(("admitted", seq.id, time.monotonic() - seq.arrived))
 
     def _too_big(self, group: RowGroup) -> str:
         return (

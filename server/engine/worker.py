@@ -9,6 +9,7 @@ the pool passes them in the child's environment.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -23,6 +24,10 @@ def worker_main(
     index: int, device: str, settings: EngineSettings, commands: Connection, events: Connection
 ) -> None:
     """Entry point of worker `index` (spawned by the pool)."""
+    # Signals are for the front end: it drains, then stops its workers itself (a Ctrl-C
+    # or SIGTERM sent to the whole process group must not kill them mid-stream).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import torch
 
     from server.engine.scheduler import Scheduler

@@ -1,0 +1,133 @@
+"""Running a request on the engine and answering: one JSON body, or an SSE stream.
+
+Engine failures become the API's errors: a full queue 429 with Retry-After, a worker
+that is restarting 503, a passed deadline 504, a request the worker refused 422.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.responses import JSONResponse, Response
+
+from model_core.tokenizer import StreamDecoder
+from server.catalog import ServedModel
+from server.engine.engine import Engine, RequestStream
+from server.engine.pool import Overloaded, Unavailable
+from server.engine.protocol import INVALID, TIMEOUT, WORKER_DIED, Event, WorkRequest
+from server.errors import ApiError, error_body
+from server.inputs import output_text
+from server.metrics import StreamTimer
+from server.sse import drain, sse, sse_response
+
+ERROR_STATUS = {INVALID: 422, TIMEOUT: 504, WORKER_DIED: 503}
+
+
+def submit(engine: Engine, req: WorkRequest) -> RequestStream:
+    """Queue the request; 429 / 503 at once when the engine cannot take it."""
+    try:
+        return engine.submit(req)
+    except Overloaded as exc:
+        retry = str(max(1, math.ceil(exc.retry_after_s)))
+        raise ApiError(429, "overloaded", str(exc), headers={"Retry-After": retry}) from exc
+    except Unavailable as exc:
+        raise ApiError(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from exc
+
+
+async def submit_session(
+    engine: Engine,
+    session_id: str,
+    items: list[Any],
+    owner: str | None,
+    options: dict[str, Any],
+) -> RequestStream:
+    """Continue a session; 429 / 503 at once like `submit`."""
+    try:
+        return await engine.session_generate(session_id, items, owner, **options)
+    except Overloaded as exc:
+        retry = str(max(1, math.ceil(exc.retry_after_s)))
+        raise ApiError(429, "overloaded", str(exc), headers={"Retry-After": retry}) from exc
+    except Unavailable as exc:
+        raise ApiError(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from exc
+
+
+def error_from_event(event: Event) -> ApiError:
+    error_type, message = event[2], event[3]
+    status = ERROR_STATUS.get(error_type, 500)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return ApiError(status, error_type, message, headers=headers)
+
+
+def done_fields(event: Event, served: ServedModel) -> dict[str, Any]:
+    fields: dict[str, Any] = {"finish_reason": event[2], "usage": event[3]}
+    speculative = event[4].get("speculative")
+    if speculative is not None:
+        fields["speculative"] = {
+            k: speculative[k]
+            for k in ("rounds", "proposed", "accepted", "rejected", "acceptance_rate", "alpha")
+        }
+    return fields
+
+
+async def answer(
+    stream: RequestStream,
+    served: ServedModel,
+    streaming: bool,
+    timer: StreamTimer,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """The request's answer: SSE events, or one JSON body once it is done."""
+    extra = {"id": stream.request_id, "model": served.name, **(extra or {})}
+    if streaming:
+        body = drain(stream, _formatter(served, timer, extra), lambda: timer.on_end(None, "gone"))
+        return sse_response(body, headers)
+    async for event in stream:
+        if event[0] == "token":
+            timer.on_output()
+        elif event[0] == "admitted":
+            timer.metrics.observe_queue_time(timer.model, event[2])
+        elif event[0] == "error":
+            timer.on_end(None, event[2], None)
+            raise error_from_event(event)
+        else:
+            timer.on_end(event[2], None, event[3], event[4].get("speculative"))
+            body = {
+                **extra,
+                "outputs": stream.outputs,
+                "text": output_text(served, stream.outputs),
+                **done_fields(event, served),
+            }
+            return JSONResponse(body, headers=headers)
+    raise AssertionError("a stream ends with done or error")
+
+
+def _formatter(
+    served: ServedModel, timer: StreamTimer, extra: dict[str, Any]
+) -> Callable[[Event], str]:
+    """Per stream: token events (with decoded text for byte-level models), then done or
+    error; records the metrics as events pass."""
+    decoder = StreamDecoder() if served.byte_level else None
+    key = "token" if served.uses_tokens else "value"
+
+    def fmt(event: Event) -> str:
+        kind = event[0]
+        if kind == "token":
+            timer.on_output()
+            data: dict[str, Any] = {"index": event[2], key: event[3]}
+            if decoder is not None:
+                data["text"] = decoder.feed(event[3])
+            return sse("token", data)
+        if kind == "admitted":
+            timer.metrics.observe_queue_time(timer.model, event[2])
+            return ""
+        if kind == "done":
+            timer.on_end(event[2], None, event[3], event[4].get("speculative"))
+            return sse("done", {**extra, **done_fields(event, served)})
+        timer.on_end(None, event[2], None)
+        error = error_from_event(event)
+        return sse("error", error_body(error.error_type, error.message))
+
+    return fmt
