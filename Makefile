@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow lint format bench venv
+.PHONY: test test-slow lint format bench venv serve
 
 venv: $(STAMP)
 
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/kvserve serve
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -66,14 +66,19 @@ def error_response(
     return JSONResponse(error_body(error_type, message, param), status, headers=headers)
 
 
+SKIPPED_LOC = {"body", "query", "path", "header"}
+TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "bytes"}
+
+
+def _is_type_tag(part: Any) -> bool:
+    """Union members pydantic names in an error's location: `list[int]`, `str`, ..."""
+    return isinstance(part, str) and ("[" in part or part in TYPE_TAGS)
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
     """`("body", "input", "list[int]", 0)` -> `input.0` (pydantic names the union member
     it tried; the client only needs the field)."""
-    parts = [
-        str(p)
-        for p in loc
-        if p not in ("body", "query", "path", "header") and not (isinstance(p, str) and "[" in p)
-    ]
+    parts = [str(p) for p in loc if p not in SKIPPED_LOC and not _is_type_tag(p)]
     return ".".join(parts) or "body"
 
 

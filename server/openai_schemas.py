@@ -11,11 +11,74 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
-# OpenAI's ranges; `seed` takes any 64-bit integer (signed or not).
+PROMPT_FORMS = "a string, a list of strings, a list of token ids, or a list of lists of ids"
+
+
+def _is_ids(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value
+    )
+
+
+def _prompts(value: Any) -> list[str | list[int]]:
+    """OpenAI's four forms of `prompt` as a list of prompts, each text or ids. (One
+    validator rather than a union, so that an error names `prompt`, not a union member.)"""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and _is_ids(value):
+        return [list(value)]
+    texts = isinstance(value, list) and all(isinstance(p, str) for p in value)
+    if texts or (isinstance(value, list) and all(_is_ids(p) for p in value)):
+        return [p if isinstance(p, str) else list(p) for p in value]
+    raise PydanticCustomError("prompt_form", "the prompt must be " + PROMPT_FORMS)
+
+
+def _one_or_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+Ids = {"type": "array", "items": {"type": "integer"}}
+Prompts = Annotated[
+    list[str | list[int]],
+    PlainValidator(_prompts),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}},
+                Ids,
+                {"type": "array", "items": Ids},
+            ]
+        }
+    ),
+]
+Stops = Annotated[
+    list[str],
+    BeforeValidator(_one_or_list),
+    Field(max_length=4),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+            ]
+        }
+    ),
+]
+# OpenAI's range: any 64-bit integer, signed or not.
 Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
-Stops = Annotated[list[str], Field(max_length=4)]
 
 
 class StreamOptions(BaseModel):
@@ -46,14 +109,12 @@ class CompletionRequest(BaseModel):
     )
 
     model: str
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(
-        description="text, a list of texts, or token ids (a list, or a list of lists)"
-    )
+    prompt: Prompts = Field(description=PROMPT_FORMS + " (read as a list of prompts)")
     max_tokens: int = Field(16, ge=1, description="tokens to generate per choice")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
     n: int = Field(1, ge=1, le=128, description="completions per prompt")
-    stop: str | Stops | None = Field(
+    stop: Stops | None = Field(
         None, description="up to 4 strings; generation ends before the first one found"
     )
     seed: Seed | None = Field(None, description="reproducible sampling")

@@ -6,10 +6,12 @@ that is restarting 503, a passed deadline 504, a request the worker refused 422.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from model_core.tokenizer import StreamDecoder
@@ -20,6 +22,7 @@ from server.engine.protocol import INVALID, TIMEOUT, WORKER_DIED, Event, WorkReq
 from server.errors import ApiError, error_body
 from server.inputs import output_text
 from server.metrics import StreamTimer
+from server.routes import deps
 from server.sse import drain, sse, sse_response
 
 ERROR_STATUS = {INVALID: 422, TIMEOUT: 504, WORKER_DIED: 503}
@@ -72,18 +75,47 @@ def done_fields(event: Event, served: ServedModel) -> dict[str, Any]:
 
 
 async def answer(
+    request: Request,
     stream: RequestStream,
     served: ServedModel,
     streaming: bool,
-    timer: StreamTimer,
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    """The request's answer: SSE events, or one JSON body once it is done."""
+    """The request's answer: SSE events, or one JSON body once it is done. A client that
+    goes away cancels the request (at any point: before the stream's first byte too)."""
+    timer = deps.timer(request, served.name)  # after submission: a refusal is not waiting
     extra = {"id": stream.request_id, "model": served.name, **(extra or {})}
+
+    def gone() -> None:
+        if not stream.ended:
+            stream.cancel()
+        timer.on_end(None, "gone")
+
     if streaming:
-        body = drain(stream, _formatter(served, timer, extra), lambda: timer.on_end(None, "gone"))
-        return sse_response(body, headers)
+        body = drain(stream, _formatter(served, timer, extra))
+        return sse_response(body, headers, on_close=gone)
+    watcher = asyncio.create_task(_on_disconnect(request, gone))
+    try:
+        return await _collect(stream, served, timer, extra, headers)
+    finally:
+        watcher.cancel()
+
+
+async def _on_disconnect(request: Request, action: Callable[[], None]) -> None:
+    """Wait for the client to go away (the body is already read), then act."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    action()
+
+
+async def _collect(
+    stream: RequestStream,
+    served: ServedModel,
+    timer: StreamTimer,
+    extra: dict[str, Any],
+    headers: dict[str, str] | None,
+) -> Response:
     async for event in stream:
         if event[0] == "token":
             timer.on_output()

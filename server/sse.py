@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from server.engine.engine import RequestStream
 from server.engine.protocol import Event
@@ -35,11 +36,9 @@ def is_end(event: Event) -> bool:
     return event[0] in ("done", "error")
 
 
-async def drain(
-    stream: RequestStream, fmt: Format, on_abort: Callable[[], None] | None = None
-) -> AsyncIterator[bytes]:
-    """The stream's events formatted by `fmt`, batched per write; cancels the request
-    (and calls `on_abort`) if the consumer goes away before the end."""
+async def drain(stream: RequestStream, fmt: Format) -> AsyncIterator[bytes]:
+    """The stream's events formatted by `fmt`, batched per write; cancels the request if
+    the consumer goes away before the end."""
     queue = stream.queue
     finished = False
     try:
@@ -55,11 +54,32 @@ async def drain(
     finally:
         if not finished:
             stream.cancel()
-            if on_abort is not None:
-                on_abort()
 
 
-def sse_response(body: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> Any:
-    return StreamingResponse(
-        body, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})}
+class ClosingStreamingResponse(StreamingResponse):
+    """Calls `on_close` however the response ends: finished, failed, or the client gone
+    (even before the body's generator ever ran, when its `finally` cannot)."""
+
+    def __init__(self, *args: Any, on_close: Callable[[], None] | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.on_close is not None:
+                self.on_close()
+
+
+def sse_response(
+    body: AsyncIterator[bytes],
+    headers: dict[str, str] | None = None,
+    on_close: Callable[[], None] | None = None,
+) -> Any:
+    return ClosingStreamingResponse(
+        body,
+        media_type="text/event-stream",
+        headers={**SSE_HEADERS, **(headers or {})},
+        on_close=on_close,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -179,11 +181,16 @@ def test_after_all_errors_the_server_is_healthy(client: TestClient) -> None:
 def test_overloaded_engine_answers_429_with_retry_after() -> None:
     settings = ServerSettings(models=["text-lm"], max_running=1, max_waiting=0)
     with TestClient(create_app(settings)) as client:
-        long = {"model": "text-lm", "prompt": "a", "max_new_tokens": 400, "stream": True}
-        with client.stream("POST", "/v1/generate", json=long) as running:
-            first = next(running.iter_lines())
-            assert first.startswith("event:")
-            refused = client.post("/v1/generate", json=VALID)
-            assert_error(refused, 429, "overloaded")
-            assert int(refused.headers["retry-after"]) >= 1
+        pool = client.app.state.engine.pool
+        long = {"model": "text-lm", "prompt": "a", "max_new_tokens": 400}
+        busy = threading.Thread(target=lambda: client.post("/v1/generate", json=long))
+        busy.start()
+        deadline = time.monotonic() + 10
+        while not pool.workers[0].inflight:  # the long request holds the only slot
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        refused = client.post("/v1/generate", json=VALID)
+        assert_error(refused, 429, "overloaded")
+        assert int(refused.headers["retry-after"]) >= 1
+        busy.join(60)
         assert client.post("/v1/generate", json=VALID).status_code == 200

@@ -110,11 +110,7 @@ def check_supported(body: CompletionRequest) -> None:
 
 def prompt_ids(served: ServedModel, body: CompletionRequest) -> list[list[int]]:
     """The prompts as token ids: text is UTF-8 bytes, ids are taken as they are."""
-    prompt = body.prompt
-    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
-        items: list[Any] = [prompt]
-    else:
-        items = list(prompt)
+    items = body.prompt
     if not items:
         raise invalid("prompt", "the list of prompts is empty")
     prompts = []
@@ -208,9 +204,14 @@ class Choice:
     """One engine request of the completion, its text and its metrics."""
 
     def __init__(
-        self, index: int, prompt_index: int, prompt: list[int], stream: RequestStream,
-        timer: StreamTimer, stops: list[str],
-    ) -> None:  # fmt: skip
+        self,
+        index: int,
+        prompt_index: int,
+        prompt: list[int],
+        stream: RequestStream,
+        timer: StreamTimer,
+        stops: list[str],
+    ) -> None:
         self.index = index
         self.prompt_index = prompt_index
         self.prompt_tokens = len(prompt)
@@ -263,8 +264,7 @@ def start_choices(
 ) -> list[Choice]:
     """Submit every choice's engine request; on a refusal (429 / 503) cancel the ones
     already submitted."""
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    stops = [s for s in stops if s]
+    stops = [s for s in body.stop or [] if s]
     eos = served.default_stop()
     top_p = body.top_p if body.top_p < 1.0 else None
     choices: list[Choice] = []

@@ -57,8 +57,7 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
         new_request_id(), "generate", served.name, items, body.max_new_tokens,
         sampling(body), stop_tokens(served, body),
     )  # fmt: skip
-    timer = deps.timer(request, served.name)
-    return await answer(submit(deps.engine(request), req), served, body.stream, timer)
+    return await answer(request, submit(deps.engine(request), req), served, body.stream)
 
 
 @router.post(
@@ -82,8 +81,7 @@ async def speculative(body: SpeculativeRequest, request: Request) -> Response:
         sampling(body), stop_tokens(served, body),
         draft_model=draft.name, draft_steps=body.draft_steps,
     )  # fmt: skip
-    timer = deps.timer(request, served.name)
-    return await answer(submit(deps.engine(request), req), served, body.stream, timer)
+    return await answer(request, submit(deps.engine(request), req), served, body.stream)
 
 
 def raise_mismatch(target_vocab: int | None, draft_vocab: int | None) -> None:
@@ -119,5 +117,4 @@ async def seq2seq(body: Seq2SeqRequest, request: Request) -> Response:
         new_request_id(), "seq2seq", served.name, source, body.max_new_tokens,
         sampling(body), stop_tokens(served, body), start=list(start),
     )  # fmt: skip
-    timer = deps.timer(request, served.name)
-    return await answer(submit(deps.engine(request), req), served, body.stream, timer)
+    return await answer(request, submit(deps.engine(request), req), served, body.stream)

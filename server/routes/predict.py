@@ -37,9 +37,9 @@ async def predict(body: PredictRequest, request: Request) -> Response:
                 f"{len(sequence)} steps is over max_seq_len ({served.config.max_seq_len})",
             )
         check_items(served, sequence, f"inputs.{i}")
-    timer = deps.timer(request, served.name)
     req = WorkRequest(new_request_id(), "predict", served.name, body.inputs)
     stream = submit(deps.engine(request), req)
+    timer = deps.timer(request, served.name)  # after submission: a refusal is not waiting
     async for event in stream:
         if event[0] == "error":
             timer.on_end(None, event[2], None)

@@ -144,7 +144,6 @@ async def continue_session(
         raise _not_found(session_id) from exc
     except SessionBusy as exc:
         raise ApiError(409, "session_busy", f"{exc}; wait for it to finish", "session_id") from exc
-    timer = deps.timer(request, served.name)
     return await answer(
-        stream, served, body.stream, timer, {"session_id": session_id}, {HEADER: session_id}
+        request, stream, served, body.stream, {"session_id": session_id}, {HEADER: session_id}
     )
