@@ -48,6 +48,14 @@ class ServedModel:
     def special_tokens(self) -> dict[str, int]:
         return self.card.special_tokens or {}
 
+    @property
+    def source_pad_to(self) -> int | None:
+        """Width a seq2seq model expects its source padded to with its PAD token (its
+        card's `serving.source_pad_to`; None: sources go in as they are)."""
+        serving = (self.entry.card or {}).get("serving") or {}
+        width = serving.get("source_pad_to")
+        return int(width) if isinstance(width, int) and "pad" in self.special_tokens else None
+
     def default_stop(self) -> list[int]:
         eos = self.special_tokens.get("eos")
         return [eos] if eos is not None else []
@@ -84,7 +92,9 @@ def build_catalog(
             ),
             special_tokens=_special_tokens(entry, byte_level),
         )
-        catalog[name] = ServedModel(entry, ModelCard(**fields))
+        served = ServedModel(entry, ModelCard(**fields))
+        served.card.source_pad_to = served.source_pad_to
+        catalog[name] = served
     return catalog
 
 

@@ -42,16 +42,24 @@ def key_owner(key: str) -> str:
     return "key_" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
+def public_without_key(path: str) -> bool:
+    """What answers without a key when keys are set: the health routes (probes), and the
+    playground's page and static files, which hold no data (every API call it makes
+    needs the key, which the page asks for). Everything else needs a key."""
+    return path.startswith((EXEMPT_PREFIX, "/static/")) or path == "/"
+
+
 class AuthMiddleware:
-    """`Authorization: Bearer <key>` on every route but health, when keys are set. Keys
-    are compared in constant time; the key's owner id goes to `scope["state"]["owner"]`."""
+    """`Authorization: Bearer <key>` on every route but `public_without_key`, when keys
+    are set. Keys are compared in constant time; the key's owner id goes to
+    `scope["state"]["owner"]`."""
 
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"].startswith(EXEMPT_PREFIX):
+        if scope["type"] != "http" or not self.keys or public_without_key(scope["path"]):
             await self.app(scope, receive, send)
             return
         given = _header(scope, b"authorization") or ""

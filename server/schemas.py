@@ -147,6 +147,9 @@ class ModelCard(BaseModel):
     devices: list[str]
     limits: Limits
     special_tokens: dict[str, int] | None = None
+    source_pad_to: int | None = Field(
+        None, description="seq2seq: sources are padded to this width with the PAD token"
+    )
     task: str | None = None
     metrics: dict[str, Any] | None = None
 

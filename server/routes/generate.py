@@ -103,8 +103,11 @@ def raise_mismatch(target_vocab: int | None, draft_vocab: int | None) -> None:
 async def seq2seq(body: Seq2SeqRequest, request: Request) -> Response:
     served = find_model(deps.catalog(request), body.model, "encoder_decoder")
     source = model_input(served, body)
-    if len(source) > served.config.max_seq_len:
-        raise invalid("input", f"{len(source)} items is over max_seq_len")
+    width = served.source_pad_to or served.config.max_seq_len
+    if len(source) > width:
+        raise invalid("input", f"{len(source)} items is over the model's source limit ({width})")
+    if served.source_pad_to:  # the model reads fixed-width sources (its card says so)
+        source = source + [served.special_tokens["pad"]] * (width - len(source))
     start = body.start
     if start is None:
         bos = served.special_tokens.get("bos")

@@ -30,9 +30,9 @@ export function setApiKey(key) {
   else sessionStorage.removeItem(KEY_STORAGE);
 }
 
-function headers(json) {
-  const h = { Accept: json ? "application/json" : "text/event-stream" };
-  if (json !== null) h["Content-Type"] = "application/json";
+function headers(withBody) {
+  const h = { Accept: "application/json" };
+  if (withBody) h["Content-Type"] = "application/json";
   const key = apiKey();
   if (key) h.Authorization = `Bearer ${key}`;
   return h;
@@ -51,7 +51,7 @@ async function errorOf(response) {
 }
 
 export async function request(method, path, body = undefined, signal = undefined) {
-  const init = { method, headers: headers(body === undefined ? null : true), signal };
+  const init = { method, headers: headers(body !== undefined), signal };
   if (body !== undefined) init.body = JSON.stringify(body);
   const response = await fetch(path, init);
   if (!response.ok) throw await errorOf(response);

@@ -76,7 +76,10 @@ export function setupSeq2seqPanel() {
       card = selected;
       const hasPad = (card.special_tokens || {}).pad !== undefined;
       $("pad-width").disabled = !hasPad;
-      $("seq2seq-hint").textContent = card.task ? `Task: ${card.task}` : "";
+      $("seq2seq-hint").textContent = hasPad
+        ? `The source is padded with <pad> (id ${card.special_tokens.pad}) to a fixed width: ` +
+          "set it to the width the model was trained on (its card's usage notes)."
+        : "";
     },
   };
 }
