@@ -1,8 +1,8 @@
 // Encoder-decoder models over digit tokens (ids 0-9 are the digits): the source digits,
-// padded with the card's PAD token, decoded to digits and the card's special tokens.
+// decoded to digits and the card's special tokens.
 
 import { postStream } from "./api.js";
-import { $, clearError, intValue, isAbort, setStatus, showError } from "./ui.js";
+import { $, clearError, isAbort, setStatus, showError } from "./ui.js";
 
 // How special tokens read in the output: the separator as "=", others by name.
 const SHOWN = { separator: "=" };
@@ -25,11 +25,7 @@ export function setupSeq2seqPanel() {
   function sourceIds() {
     const digits = $("source").value.trim();
     if (!/^[0-9]+$/.test(digits)) throw new Error("the source must be digits 0-9, at least one");
-    const ids = [...digits].map(Number);
-    const pad = (card.special_tokens || {}).pad;
-    const width = intValue($("pad-width"), 0);
-    while (pad !== undefined && ids.length < width) ids.push(pad);
-    return ids;
+    return [...digits].map(Number); // the server pads sources when the card says to
   }
 
   async function decode(event) {
@@ -74,12 +70,7 @@ export function setupSeq2seqPanel() {
   return {
     show(selected) {
       card = selected;
-      const hasPad = (card.special_tokens || {}).pad !== undefined;
-      $("pad-width").disabled = !hasPad;
-      $("seq2seq-hint").textContent = hasPad
-        ? `The source is padded with <pad> (id ${card.special_tokens.pad}) to a fixed width: ` +
-          "set it to the width the model was trained on (its card's usage notes)."
-        : "";
+      $("seq2seq-hint").textContent = card.task || "";
     },
   };
 }
