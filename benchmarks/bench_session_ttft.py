@@ -100,7 +100,7 @@ async def timed_turn(open_stream: Callable[[], Awaitable[RequestStream]]) -> Tur
             outputs.append(event[3])
         elif event[0] == "error":
             raise EngineError(event[2], event[3])
-        else:
+        elif event[0] == "done":
             return Turn(ttft, outputs, event[3])
     raise AssertionError("a stream ends with done or error")
 
