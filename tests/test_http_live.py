@@ -247,3 +247,36 @@ def test_a_client_that_disconnects_cancels_its_stream(
         assert time.monotonic() - closed < 1.0, "the abandoned stream kept running"
         time.sleep(0.02)
     assert _sample(http, "kvserve:request_failure_total", **gone) == before + 1
+
+
+def test_every_openapi_example_works_against_the_demos(http: httpx.Client) -> None:
+    schema = http.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    session = http.post("/v1/sessions", json={"model": "text-lm"}).json()["session_id"]
+    tried = 0
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is None:
+                continue
+            ref = body["schema"].get("$ref", "")
+            examples = components.get(ref.rsplit("/", 1)[-1], {}).get("examples", [])
+            for example in examples:
+                url = path.replace("{session_id}", session)
+                response = http.request(method.upper(), url, json=example)
+                assert response.status_code in (200, 201), (path, example, response.text)
+                tried += 1
+    assert tried >= 8
+
+
+def test_the_openai_package_completes_against_the_server(server: LiveServer) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=60)
+    whole = client.completions.create(model="text-lm", prompt="def ", max_tokens=8, temperature=0)
+    text = whole.choices[0].text
+    assert whole.usage is not None and whole.usage.completion_tokens <= 8
+    chunks = client.completions.create(
+        model="text-lm", prompt="def ", max_tokens=8, temperature=0, stream=True
+    )
+    assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == text
