@@ -4,6 +4,7 @@ cycle (started when the app starts, stopped when it stops)."""
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +18,13 @@ from server.catalog import build_catalog
 from server.engine.engine import Engine
 from server.errors import install_error_handlers
 from server.metrics import Metrics
-from server.middleware import AuthMiddleware, BodyLimitMiddleware, DrainMiddleware
+from server.middleware import (
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    DrainMiddleware,
+    ReplicaHeaderMiddleware,
+)
+from server.redis_sessions import make_store
 from server.routes import completions, generate, health, models, predict, sessions
 from server.settings import ServerSettings
 
@@ -31,7 +38,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = Engine(settings.engine_settings())
+        store = make_store(settings.session_store, settings.max_sessions)
+        engine = Engine(settings.engine_settings(), store=store)
         app.state.engine = engine
         await engine.start()
         failed = engine.pool.loaded_models()
@@ -46,6 +54,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         finally:
             app.state.started = False
             await engine.stop()
+            if hasattr(store, "close"):
+                await store.close()
 
     app = FastAPI(
         title="kvserve",
@@ -74,6 +84,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, keys=settings.key_values())
     app.add_middleware(DrainMiddleware, state=lambda: app.state)
+    app.add_middleware(ReplicaHeaderMiddleware, name=settings.replica_name or socket.gethostname())
     app.add_middleware(AccessLogMiddleware, log_format=settings.log_format)
     configure_logging(settings.log_format, settings.log_level)
     return app

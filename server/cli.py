@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from server.loadtest_command import add_loadtest_parser, loadtest
 from server.serve_command import add_serve_arguments, models_command, serve
 
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument("--json", action="store_true", help="print JSON")
     commands.add_parser("version", help="print the installed version")
+    add_loadtest_parser(commands)
     train = commands.add_parser(
         "train", help="train a demo recipe", epilog=_recipe_help(), formatter_class=fmt
     )
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "models":
         return models_command(args)
+    if args.command == "loadtest":
+        return loadtest(args)
     if args.command == "version":
         from importlib.metadata import version
 

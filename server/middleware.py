@@ -158,3 +158,24 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
         finally:
             state.active_requests -= 1
+
+
+class ReplicaHeaderMiddleware:
+    """`X-Replica: <name>` on every response, so a client (or a test) behind a router
+    sees which replica answered."""
+
+    def __init__(self, app: ASGIApp, name: str) -> None:
+        self.app = app
+        self.header = (b"x-replica", name.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)

@@ -36,6 +36,10 @@ class SessionNotFoundError(LookupError):
     """The session was deleted or expired (the front end answers 404)."""
 
 
+class SessionConflictError(RuntimeError):
+    """Another writer appended to the session's history since it was read."""
+
+
 def new_session_id() -> str:
     """A fresh unguessable session id: 192 random bits, URL-safe."""
     return SESSION_ID_PREFIX + secrets.token_urlsafe(24)
@@ -54,6 +58,9 @@ class Session:
     expires_at: float
     ttl_s: float
     busy: bool = False  # a generation is running on it
+    # How much history the store held when this copy was read: a shared store appends
+    # only what came after it, and refuses the save if another writer appended meanwhile.
+    stored_length: int = 0
 
     @property
     def length(self) -> int:
@@ -125,7 +132,7 @@ class InMemorySessionStore:
         self._sessions: dict[str, Session] = {}
 
     async def create(self, model: str, owner: str | None, ttl_s: float) -> Session:
-        _check_ttl(ttl_s)
+        check_ttl(ttl_s)
         if self._max_sessions is not None and len(self._sessions) >= self._max_sessions:
             self._remove_expired()
             if len(self._sessions) >= self._max_sessions:
@@ -205,7 +212,7 @@ def _expired(session: Session, now: float) -> bool:
     return not session.busy and now >= session.expires_at
 
 
-def _check_ttl(ttl_s: float) -> None:
+def check_ttl(ttl_s: float) -> None:
     if not (isinstance(ttl_s, int | float) and math.isfinite(ttl_s) and ttl_s > 0):
         raise ValueError(f"session ttl_s must be a positive number of seconds, got {ttl_s!r}")
 

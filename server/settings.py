@@ -52,6 +52,12 @@ class ServerSettings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         [], description="bearer keys, comma-separated; empty: no auth"
     )
+    session_store: str = Field(
+        "memory", description="where session histories live: memory, or redis://host:6379/0"
+    )
+    replica_name: str | None = Field(
+        None, description="name sent in the X-Replica response header (default: host name)"
+    )
     log_format: Literal["text", "json"] = Field("text", description="access log format")
     log_level: str = Field("INFO", description="log level")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +26,15 @@ from server.engine.pool import WorkerPool
 from server.engine.protocol import Event, Sampling, WorkRequest
 from server.engine.settings import EngineSettings
 from server.model_repository import ModelEntry, ModelRepository
-from server.sessions import InMemorySessionStore, Session, SessionStore, run_sweeper
+from server.sessions import (
+    InMemorySessionStore,
+    Session,
+    SessionConflictError,
+    SessionStore,
+    run_sweeper,
+)
+
+log = logging.getLogger("kvserve.engine")
 
 
 class EngineError(Exception):
@@ -208,8 +217,12 @@ class Engine:
         async def on_end(stream: RequestStream, event: Event) -> None:
             session.history = history + list(inputs) + list(stream.outputs)
             session.busy = False
-            with contextlib.suppress(LookupError):
+            try:
                 await self.store.save(session)
+            except LookupError:
+                pass  # closed or expired meanwhile: nothing to keep
+            except SessionConflictError:
+                log.warning("session %s: another request appended first; turn dropped", session.id)
 
         stream.on_end = on_end
         return stream

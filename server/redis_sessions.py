@@ -1,0 +1,204 @@
+"""A `SessionStore` in Redis, shared by replicas (redis-py's asyncio API).
+
+Per session: a hash `<prefix>sess:<id>` (model, owner, created_at, ttl_s, busy) and a list
+`<prefix>hist:<id>` with one JSON item per history element (a token id or a value
+vector). Both expire with Redis's own expiry, slid on every save; a busy session's
+expiry is pushed out by `BUSY_GRACE_S` so a long generation is never cut off, while a
+replica that dies mid-generation cannot keep it forever. A sorted set `<prefix>sessions`
+scores ids by expiry, for `count` and for `sweep` to report the expired ids (so replicas
+drop their cached K/V).
+
+`save` is one Lua script: it checks the session still exists for this owner and that the
+history still has the length this copy read (else `SessionConflictError`), then appends
+only the new items — an atomic append, whichever replica writes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from server.sessions import (
+    Session,
+    SessionConflictError,
+    SessionLimitError,
+    SessionNotFoundError,
+    check_ttl,
+    new_session_id,
+)
+
+BUSY_GRACE_S = 3600.0
+
+SAVE = """
+local meta, hist, index = KEYS[1], KEYS[2], KEYS[3]
+local owner, base, busy, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local expires, ms, id = ARGV[5], ARGV[6], ARGV[7]
+if redis.call('EXISTS', meta) == 0 or redis.call('HGET', meta, 'owner') ~= owner then
+  return -1
+end
+local n = redis.call('LLEN', hist)
+if n ~= base then
+  return -2
+end
+for i = 8, #ARGV do
+  redis.call('RPUSH', hist, ARGV[i])
+end
+redis.call('HSET', meta, 'busy', busy, 'ttl_s', ttl, 'expires_at', expires)
+redis.call('PEXPIRE', meta, ms)
+if redis.call('EXISTS', hist) == 1 then
+  redis.call('PEXPIRE', hist, ms)
+end
+redis.call('ZADD', index, expires, id)
+return n + #ARGV - 7
+"""
+
+
+class RedisSessionStore:
+    def __init__(
+        self,
+        url: str,
+        max_sessions: int | None = None,
+        prefix: str = "kvserve:",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = aioredis.from_url(url, decode_responses=True)
+        self.max_sessions = max_sessions
+        self.prefix = prefix
+        self._clock = clock
+        self._save = self.redis.register_script(SAVE)
+
+    def _keys(self, session_id: str) -> tuple[str, str]:
+        return f"{self.prefix}sess:{session_id}", f"{self.prefix}hist:{session_id}"
+
+    @property
+    def _index(self) -> str:
+        return f"{self.prefix}sessions"
+
+    async def create(self, model: str, owner: str | None, ttl_s: float) -> Session:
+        check_ttl(ttl_s)
+        if self.max_sessions is not None and await self.count() >= self.max_sessions:
+            await self.sweep()
+            if await self.count() >= self.max_sessions:
+                raise SessionLimitError(
+                    f"session limit reached: the most this deployment holds is "
+                    f"{self.max_sessions}; close sessions that are no longer needed "
+                    "(DELETE /v1/sessions/{id}) or wait for idle ones to expire"
+                )
+        now = self._clock()
+        session = Session(new_session_id(), model, owner, [], now, now + ttl_s, ttl_s)
+        meta, _ = self._keys(session.id)
+        fields = {
+            "model": model,
+            "owner": owner or "",
+            "created_at": repr(now),
+            "ttl_s": repr(ttl_s),
+            "expires_at": repr(session.expires_at),
+            "busy": "0",
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(meta, mapping=fields)
+            pipe.pexpire(meta, int(ttl_s * 1000))
+            pipe.zadd(self._index, {session.id: session.expires_at})
+            await pipe.execute()
+        return session
+
+    async def get(self, session_id: str, owner: str | None = None) -> Session | None:
+        meta, hist = self._keys(session_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(meta)
+            pipe.lrange(hist, 0, -1)
+            fields, items = await pipe.execute()
+        if not fields or fields["owner"] != (owner or ""):
+            return None
+        history = [json.loads(item) for item in items]
+        return Session(
+            id=session_id,
+            model=fields["model"],
+            owner=fields["owner"] or None,
+            history=history,
+            created_at=float(fields["created_at"]),
+            expires_at=float(fields["expires_at"]),
+            ttl_s=float(fields["ttl_s"]),
+            busy=fields["busy"] == "1",
+            stored_length=len(history),
+        )
+
+    async def save(self, session: Session) -> None:
+        now = self._clock()
+        session.expires_at = now + session.ttl_s
+        life = session.ttl_s + (BUSY_GRACE_S if session.busy else 0.0)
+        new_items = [_dumps(item) for item in session.history[session.stored_length :]]
+        result = await self._save(
+            keys=[*self._keys(session.id), self._index],
+            args=[
+                session.owner or "",
+                session.stored_length,
+                "1" if session.busy else "0",
+                repr(session.ttl_s),
+                repr(session.expires_at),
+                int(life * 1000),
+                session.id,
+                *new_items,
+            ],
+        )
+        if result == -1:
+            raise SessionNotFoundError(
+                f"session {session.id!r} no longer exists (it was deleted or expired); "
+                "open a new session"
+            )
+        if result == -2:
+            raise SessionConflictError(
+                f"session {session.id!r} changed since it was read (another request "
+                "appended to it); read it again"
+            )
+        session.stored_length = int(result)
+
+    async def delete(self, session_id: str, owner: str | None = None) -> bool:
+        meta, hist = self._keys(session_id)
+        stored_owner = await self.redis.hget(meta, "owner")
+        if stored_owner is None or stored_owner != (owner or ""):
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(meta, hist)
+            pipe.zrem(self._index, session_id)
+            await pipe.execute()
+        return True
+
+    async def sweep(self) -> list[str]:
+        """Ids whose expiry passed: Redis has dropped their keys (or drops them now)."""
+        now = self._clock()
+        due = await self.redis.zrangebyscore(self._index, "-inf", now)
+        expired = []
+        for session_id in due:
+            meta, hist = self._keys(session_id)
+            if await self.redis.exists(meta):
+                continue  # busy, or its expiry slid: still live
+            await self.redis.delete(hist)
+            await self.redis.zrem(self._index, session_id)
+            expired.append(session_id)
+        return expired
+
+    async def count(self) -> int:
+        return int(await self.redis.zcount(self._index, self._clock(), "+inf"))
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def _dumps(item: Any) -> str:
+    return json.dumps(item, separators=(",", ":"))
+
+
+def make_store(url: str, max_sessions: int | None) -> Any:
+    """The store a `session_store` setting names: "memory", or a redis:// URL."""
+    from server.sessions import InMemorySessionStore
+
+    if url == "memory":
+        return InMemorySessionStore(max_sessions=max_sessions)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisSessionStore(url, max_sessions=max_sessions)
+    raise ValueError(f"session_store must be 'memory' or a redis:// URL, got {url!r}")
