@@ -536,3 +536,15 @@ def test_the_client_imports_neither_server_nor_model_core() -> None:
         "assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True, timeout=60)
+
+
+def test_the_readme_client_example_runs(server: LiveServer) -> None:
+    """README's client example, pointed at the live server, runs as written."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```python title=client\n(.*?)```", readme, flags=re.S)
+    assert block is not None
+    code = block.group(1).replace("http://127.0.0.1:8000", server.url)
+    exec(compile(code, "README client example", "exec"), {"__name__": "__main__"})
