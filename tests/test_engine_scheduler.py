@@ -299,3 +299,12 @@ def test_predictions_are_batched_dynamically_and_equal_alone(
             for seq, got in zip(req.inputs, run.ends[req.id][4]["outputs"], strict=True):
                 want = model(torch.tensor([seq]))[0]
                 assert torch.allclose(torch.tensor(got), want, atol=1e-5)
+
+
+def test_a_worker_sleeps_until_a_regression_batch_is_due(models: dict[str, nn.Module]) -> None:
+    scheduler = Scheduler(models, SchedulerSettings(predict_max_wait_s=0.05))
+    assert scheduler.idle_wait(1.0) == 1.0  # nothing queued: the longest wait
+    scheduler.submit(WorkRequest("p", "predict", "sine-regressor", [[[0.0]] * 8]))
+    assert 0.0 < scheduler.idle_wait(1.0) <= 0.05  # no busy-waiting for the batch
+    scheduler.submit(WorkRequest("g", "generate", "text-lm", [1], 2))
+    assert scheduler.idle_wait(1.0) == 0.0  # a sequence to advance: no wait

@@ -38,6 +38,14 @@ class PredictBatcher:
         waiting = sum(len(r.inputs) for r, _ in self.queue)
         return waiting >= self.max_batch or time.monotonic() - self.queue[0][1] >= self.max_wait_s
 
+    def wait_s(self) -> float | None:
+        """Seconds until a batch is due: 0 when one is, None when nothing is queued."""
+        if not self.queue:
+            return None
+        if self.due():
+            return 0.0
+        return max(0.0, self.queue[0][1] + self.max_wait_s - time.monotonic())
+
     def run(self, events: list[Event]) -> None:
         """One padded batch of whole requests (at least one, even if it alone is larger
         than max_batch)."""

@@ -79,6 +79,15 @@ class Scheduler:
     def drop_session(self, session_id: str) -> None:
         self.pool.drop(session_id)
 
+    def idle_wait(self, longest: float) -> float:
+        """How long the worker may wait for commands before the next step is due: 0 with
+        sequences to advance, the time to the next regression batch (no busy-waiting for
+        it), else `longest`."""
+        if self.waiting or self.running:
+            return 0.0
+        waits = [w for b in self.batchers.values() if (w := b.wait_s()) is not None]
+        return min([longest, *waits])
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or any(self.batchers.values()))
 

@@ -47,7 +47,7 @@ def worker_main(
     with torch.inference_mode():
         while True:
             out: list[Any] = []
-            wait = 0.0 if scheduler.has_work() else IDLE_POLL_S
+            wait = scheduler.idle_wait(IDLE_POLL_S)
             try:
                 if commands.poll(wait):
                     while commands.poll():
