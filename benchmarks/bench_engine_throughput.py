@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing as mp
-import os
 import random
 import statistics
 import sys
@@ -60,6 +59,7 @@ from benchmarks.engine_harness import (
     running_engine,
 )
 from benchmarks.harness import measure, paired_ratio, print_table, verdict, write_results
+from server.engine.pool import temporary_environ
 from server.engine.settings import (
     DEFAULT_OMP_WAIT_POLICY,
     EngineSettings,
@@ -124,19 +124,11 @@ class BareDecoder:
         env = {"OMP_WAIT_POLICY": omp_wait_policy}
         if device == "cpu":
             env["OMP_NUM_THREADS"] = str(threads)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            self.process = context.Process(
-                target=_bare_main, args=(child, device, threads), daemon=True
-            )
+        self.process = context.Process(
+            target=_bare_main, args=(child, device, threads), daemon=True
+        )
+        with temporary_environ(env):
             self.process.start()
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
         child.close()
         assert self.conn.recv() == "ready"
 

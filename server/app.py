@@ -42,7 +42,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         engine = Engine(settings.engine_settings(), store=store)
         app.state.engine = engine
         await engine.start()
-        failed = engine.pool.loaded_models()
+        failed = engine.pool.load_errors()
         for name, why in {**engine.scan_errors, **failed}.items():
             log.error("model %s is not served: %s", name, why)
         served = {n: e for n, e in engine.models.items() if n not in failed}

@@ -7,8 +7,9 @@ that is restarting 503, a passed deadline 504, a request the worker refused 422.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fastapi import Request
@@ -28,15 +29,22 @@ from server.sse import drain, sse, sse_response
 ERROR_STATUS = {INVALID: 422, TIMEOUT: 504, WORKER_DIED: 503}
 
 
-def submit(engine: Engine, req: WorkRequest) -> RequestStream:
-    """Queue the request; 429 / 503 at once when the engine cannot take it."""
+@contextlib.contextmanager
+def engine_refusals() -> Iterator[None]:
+    """The engine refusing a request at once becomes 429 (queue full) or 503 (no worker)."""
     try:
-        return engine.submit(req)
+        yield
     except Overloaded as exc:
         retry = str(max(1, math.ceil(exc.retry_after_s)))
         raise ApiError(429, "overloaded", str(exc), headers={"Retry-After": retry}) from exc
     except Unavailable as exc:
         raise ApiError(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from exc
+
+
+def submit(engine: Engine, req: WorkRequest) -> RequestStream:
+    """Queue the request; 429 / 503 at once when the engine cannot take it."""
+    with engine_refusals():
+        return engine.submit(req)
 
 
 async def submit_session(
@@ -47,13 +55,8 @@ async def submit_session(
     options: dict[str, Any],
 ) -> RequestStream:
     """Continue a session; 429 / 503 at once like `submit`."""
-    try:
+    with engine_refusals():
         return await engine.session_generate(session_id, items, owner, **options)
-    except Overloaded as exc:
-        retry = str(max(1, math.ceil(exc.retry_after_s)))
-        raise ApiError(429, "overloaded", str(exc), headers={"Retry-After": retry}) from exc
-    except Unavailable as exc:
-        raise ApiError(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from exc
 
 
 def error_from_event(event: Event) -> ApiError:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.ports import free_port
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 120.0
@@ -69,12 +70,6 @@ def flags_as_env(flags: list[str]) -> dict[str, str]:
                 raise ValueError(f"{flag} has no value")
         env["KVSERVE_" + name.replace("-", "_").upper()] = value
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

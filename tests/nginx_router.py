@@ -7,14 +7,14 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port, wait_for_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 ROUTER_CONF = Path(__file__).resolve().parents[1] / "docker" / "nginx.conf"
@@ -45,9 +45,7 @@ def nginx_router(replicas: list[str]) -> Iterator[str]:
     """nginx in front of `replicas` ("127.0.0.1:PORT"); yields its base URL."""
     if not Path(NGINX).exists():
         pytest.skip("nginx is not installed (apt-get install nginx)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="kvserve-nginx-") as tmp:
         workdir = Path(tmp)
         config = workdir / "nginx.conf"
@@ -58,17 +56,7 @@ def nginx_router(replicas: list[str]) -> Iterator[str]:
             stderr=subprocess.PIPE,
         )
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", port), 0.2),
-                ):
-                    break
-                if process.poll() is not None:
-                    raise RuntimeError(f"nginx failed: {process.stderr.read().decode()}")
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.05)
+            wait_for_port(port, process, "nginx")
             yield f"http://127.0.0.1:{port}"
         finally:
             process.terminate()

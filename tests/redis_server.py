@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 
 import pytest
 
+from tests.ports import free_port, wait_for_port
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -36,15 +30,7 @@ def redis_server() -> Iterator[str]:
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", port), 0.2),
-                ):
-                    break
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
+            wait_for_port(port, process, "redis-server")
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             process.terminate()

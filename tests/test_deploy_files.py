@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from tests.ports import free_port
+
 yaml = pytest.importorskip("yaml")  # PyYAML comes with uvicorn[standard] (server extra)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -389,12 +391,6 @@ def nginx_binary() -> str:
     if nginx is None:
         pytest.skip("nginx is not installed (apt-get install nginx-light)")
     return nginx
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("which", ["compose", "kubernetes"])

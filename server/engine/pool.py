@@ -100,7 +100,7 @@ class WorkerPool:
     def ready(self) -> bool:
         return not self._stopping and all(w.alive for w in self.workers)
 
-    def loaded_models(self) -> dict[str, str]:
+    def load_errors(self) -> dict[str, str]:
         """Errors by model name of models that failed to load on any worker."""
         errors: dict[str, str] = {}
         for worker in self.workers:
@@ -188,7 +188,7 @@ class WorkerPool:
         env = {"OMP_WAIT_POLICY": self.settings.omp_wait_policy}
         if worker.device == "cpu":
             env["OMP_NUM_THREADS"] = str(self.settings.threads(worker.device))
-        with _environ(env):
+        with temporary_environ(env):
             process.start()
         cmd_read.close()  # the child holds these ends; closing ours makes EOF visible
         evt_write.close()
@@ -280,7 +280,7 @@ class WorkerPool:
 
 
 @contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
+def temporary_environ(values: dict[str, str]) -> Iterator[None]:
     """Set environment variables for a child process started inside the block."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)

@@ -61,9 +61,6 @@ class RowGroup(ABC):
     def decoding(self) -> list[Sequence]:
         return [s for s in self.seqs if s.decoding]
 
-    def has_room(self) -> bool:
-        return len(self.seqs) < self.allocated or self.allocated < self.max_rows
-
     def add(self, seq: Sequence, events: list[Event], coming: int = 1) -> bool:
         """Give `seq` a row; False when the KV budget has no room for one more. `coming`:
         how many sequences are about to join (this one included), to grow once."""
