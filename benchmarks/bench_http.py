@@ -61,14 +61,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 import torch
 
-from benchmarks.bench_worker_threads import cpu_seconds, percentile
 from benchmarks.engine_harness import (
     MODEL,
     PROMPT_TOKENS,
     StreamsRun,
     add_device_arg,
     byte_prompts,
+    cpu_seconds,
     engine_device,
+    percentile,
     result_name,
     run_streams,
     running_engine,

@@ -86,8 +86,7 @@ import torch
 from benchmarks import bench_session_ttft
 from benchmarks.bench_http import TOKEN_MARK, cpu_snapshot, descendants, parse_sse, serve_command
 from benchmarks.bench_session_ttft import FOLLOW_UP_TOKENS, HISTORY_TOKENS, write_long_model
-from benchmarks.bench_worker_threads import cpu_seconds, percentile
-from benchmarks.engine_harness import byte_prompts
+from benchmarks.engine_harness import byte_prompts, cpu_seconds, percentile
 from benchmarks.harness import REPO_ROOT, print_table, write_results
 from server.engine.settings import default_threads
 from tests.live_server import LiveServer, live_server

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import statistics
 import sys
@@ -47,7 +46,9 @@ from benchmarks.engine_harness import (
     PROMPT_TOKENS,
     add_device_arg,
     byte_prompts,
+    cpu_seconds,
     engine_device,
+    percentile,
     result_name,
     run_streams,
     running_engine,
@@ -68,22 +69,6 @@ PROBE_START_S = 0.2
 PROBE_EVERY_S = 0.15
 IDLE_S = 1.0
 TIE = 0.05  # tokens/s this close to the fastest count as equal
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile, q in (0, 1]."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process `pid` (all its threads); None off Linux."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    # After the ")" closing the name, utime and stime are fields 12 and 13 (0-based).
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

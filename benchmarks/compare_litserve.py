@@ -68,8 +68,7 @@ import httpx
 import torch
 
 from benchmarks.bench_http import descendants, free_port, serve_command
-from benchmarks.bench_worker_threads import cpu_seconds, percentile
-from benchmarks.engine_harness import running_engine
+from benchmarks.engine_harness import cpu_seconds, percentile, running_engine
 from benchmarks.harness import REPO_ROOT, RESULTS_DIR, print_table, verdict, write_results
 from benchmarks.loadgen import (
     GenerateMix,

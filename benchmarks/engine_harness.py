@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from server.engine.engine import Engine, EngineError
@@ -114,3 +117,19 @@ def add_device_arg(parser: argparse.ArgumentParser) -> None:
 def engine_device(device: str) -> str:
     """`cuda` means the first GPU (the engine names devices fully)."""
     return "cuda:0" if device == "cuda" else device
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile, q in (0, 1]."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` (all its threads); None off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the ")" closing the name, utime and stime are fields 12 and 13 (0-based).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
