@@ -30,14 +30,16 @@ class TrainSettings:
     grad_clip: float = 1.0
     seed: int = 0
     aux_loss_weight: float = 1.0  # multiplies the model's MoE load-balancing loss
+    min_lr_ratio: float = 0.1  # the cosine decay ends at lr * this
 
 
 def learning_rate(settings: TrainSettings, step: int) -> float:
-    """Linear warmup to `lr`, then cosine decay to a tenth of it."""
+    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` (a tenth by default)."""
     if step < settings.warmup:
         return settings.lr * (step + 1) / settings.warmup
     progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
-    return settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    floor = settings.min_lr_ratio
+    return settings.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 class _Progress:

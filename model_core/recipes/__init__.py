@@ -40,7 +40,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe("sine-forecaster", "continues a noisy multi-sine signal", "sine_forecaster"),
         Recipe(
             "digits-seq2seq",
-            "digit string -> its reversal, =, largest and smallest digit",
+            "digit string -> its reversal, =, its digit sum",
             "digits_seq2seq",
         ),
         Recipe("text-lm", "byte-level GQA language model on Python's stdlib", "text_lm"),
