@@ -88,7 +88,7 @@ def test_bundled_demos_scan_without_errors_and_describe_their_configs() -> None:
     assert (regressor["input_dim"], regressor["output_dim"], regressor["num_groups"]) == (1, 3, 4)
     digits = scan.entries["digits-seq2seq"].describe()
     assert (digits["kind"], digits["vocab_size"]) == ("encoder_decoder", 14)
-    assert (digits["num_encoder_layers"], digits["num_decoder_layers"]) == (2, 2)
+    assert (digits["num_encoder_layers"], digits["num_decoder_layers"]) == (1, 2)
 
 
 def test_bundled_parameter_counts_match_the_loaded_modules() -> None:
