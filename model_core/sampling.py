@@ -35,9 +35,14 @@ def probabilities(logits: Tensor, params: SamplingParams) -> Tensor:
     """logits `(..., V)` -> the float32 distribution sampled from `(..., V)`. Greedy gives a
     one-hot on the argmax."""
     logits = logits.float()
+    greedy = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     if params.greedy:
-        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    logits = logits / params.temperature
+        return greedy
+    scaled = logits / params.temperature
+    # A temperature so small that logits / temperature overflows float32 (1e-40: it is 0
+    # there) samples as its limit, greedy.
+    overflow = (~scaled.isfinite() & logits.isfinite()).any(dim=-1, keepdim=True)
+    logits = scaled
     if params.top_k is not None and params.top_k < logits.shape[-1]:
         kth = logits.topk(params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -46,10 +51,11 @@ def probabilities(logits: Tensor, params: SamplingParams) -> Tensor:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token always).
         drop = sorted_p.cumsum(dim=-1) - sorted_p >= params.top_p
+        drop[..., 0] = False  # even when top_p is 0 in float32 (1e-50)
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
         probs = probs / probs.sum(dim=-1, keepdim=True)
-    return probs
+    return torch.where(overflow, greedy, probs)
 
 
 def sample_from(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -24,6 +24,7 @@ from server.middleware import (
     DrainMiddleware,
     ReplicaHeaderMiddleware,
 )
+from server.openapi_doc import install_openapi
 from server.redis_sessions import make_store
 from server.routes import completions, generate, health, models, predict, sessions
 from server.settings import ServerSettings
@@ -38,7 +39,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = make_store(settings.session_store, settings.max_sessions)
+        store = make_store(
+            settings.session_store, settings.max_sessions, settings.max_sessions_per_key
+        )
         engine = Engine(settings.engine_settings(), store=store)
         app.state.engine = engine
         await engine.start()
@@ -71,6 +74,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.active_requests = 0
     app.state.catalog = {}
     install_error_handlers(app)
+    install_openapi(app, keys=bool(settings.key_values()))
     for module in (health, models, predict, generate, sessions, completions):
         app.include_router(module.router)
 
@@ -81,7 +85,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     # Added innermost first: the access log sees every request, the body limit last.
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
     app.add_middleware(AuthMiddleware, keys=settings.key_values())
     app.add_middleware(DrainMiddleware, state=lambda: app.state)
     app.add_middleware(ReplicaHeaderMiddleware, name=settings.replica_name or socket.gethostname())

@@ -109,8 +109,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         request_id = getattr(request.state, "request_id", None)
         log.exception("unhandled error (request %s)", request_id)
-        return error_response(
-            500,
-            "internal_error",
-            f"the server failed on this request (request id {request_id}); it is logged",
-        )
+        return error_response(500, "internal_error", internal_error_message(request_id))
+
+
+def internal_error_message(request_id: str | None) -> str:
+    """What a client is told about an unexpected failure: the request id to quote, never
+    the exception, its text or a path (those go to the log under that id)."""
+    return f"the server failed on this request (request id {request_id}); it is logged"

@@ -30,7 +30,10 @@ def model_input(served: ServedModel, body: InputFields, allow_empty: bool = Fals
                 f"{served.name!r} is not a byte-level text model; send `input` "
                 f"({'token ids' if served.uses_tokens else 'value vectors'})",
             )
-        items: list[Any] = BYTES.encode(body.prompt)
+        try:
+            items: list[Any] = BYTES.encode(body.prompt)
+        except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800") is not text
+            raise invalid("prompt", f"not valid Unicode text ({exc.reason})") from exc
         if not items and not allow_empty:
             raise invalid("prompt", "the prompt is empty")
         return items
@@ -81,6 +84,11 @@ def stop_tokens(served: ServedModel, body: SamplingFields) -> list[int]:
         return served.default_stop()
     if not served.uses_tokens:
         raise invalid("stop", "stop tokens apply to token models only")
+    if len(body.stop) > served.config.vocab_size:  # then some repeat: a junk list
+        raise invalid(
+            "stop",
+            f"{len(body.stop)} stop tokens; the vocabulary has only {served.config.vocab_size}",
+        )
     check_items(served, body.stop, "stop")
     return list(body.stop)
 

@@ -1,4 +1,5 @@
-"""ASGI middleware that must see every request: API keys, the body size limit, draining.
+"""ASGI middleware that must see every request: API keys, the body's size and time
+limits, draining.
 
 Pure ASGI (no BaseHTTPMiddleware), so streams pass through untouched. Each applies to
 every route but the health routes, so a new route cannot forget them.
@@ -6,13 +7,13 @@ every route but the health routes, so a new route cannot forget them.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 from collections.abc import Callable
 from typing import Any
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import error_body
@@ -81,57 +82,83 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
-class BodyTooLarge(HTTPException):
-    """Raised from `receive` once the body passes the limit: an HTTPException, so FastAPI's
-    body reading passes it on (others become a 400) and the handlers answer 413."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, _too_large(limit))
+class BodyTooLarge(Exception):
+    """The body passed the byte limit while it was being read."""
 
 
 def _too_large(limit: int) -> str:
     return f"the request body is over the limit of {limit} bytes (max_body_bytes)"
 
 
-class BodyLimitMiddleware:
-    """413 for a body over `limit` bytes: at once from Content-Length, else as soon as
-    the bytes read pass the limit (before the JSON is parsed)."""
+def _has_body(scope: Scope) -> bool:
+    """Whether the request says a body follows (HTTP/1.1: Content-Length or chunked)."""
+    length = _header(scope, b"content-length")
+    chunked = _header(scope, b"transfer-encoding") is not None
+    return chunked or (length is not None and length != "0")
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+
+async def read_body(receive: Receive, limit: int) -> Message:
+    """The whole body as one `http.request` message (or the `http.disconnect` that came
+    first); raises BodyTooLarge as soon as the bytes read pass `limit`."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return message
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+
+class BodyLimitMiddleware:
+    """Reads each request's body whole before the app runs, within two bounds: `limit`
+    bytes (413 at once from Content-Length, else as soon as the bytes read pass it, before
+    any JSON is parsed) and `timeout_s` seconds from the headers (408 and the connection
+    closed: a body dribbled a byte at a time cannot hold a connection and a task). The app
+    then reads the body from memory; FastAPI reads JSON bodies whole anyway."""
+
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.limit = limit
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not _has_body(scope):
             await self.app(scope, receive, send)
             return
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             await send_error(send, 413, "body_too_large", _too_large(self.limit))
             return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            async with asyncio.timeout(self.timeout_s):
+                body = await read_body(receive, self.limit)
         except BodyTooLarge:
-            if not started:
-                await send_error(send, 413, "body_too_large", _too_large(self.limit))
+            await send_error(send, 413, "body_too_large", _too_large(self.limit))
+            return
+        except TimeoutError:
+            await send_error(
+                send, 408, "request_timeout",
+                f"the request body did not arrive within {self.timeout_s:g} s "
+                "(body_timeout_s); send the whole body at once",
+                {"Connection": "close"},
+            )  # fmt: skip
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # the disconnect, for streams that watch for it
+            replayed = True
+            return body
+
+        await self.app(scope, replay, send)
 
 
 class DrainMiddleware:

@@ -82,7 +82,7 @@ Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     include_usage: bool = Field(
         False, description="send a last chunk with the request's usage (and empty choices)"
@@ -92,6 +92,7 @@ class StreamOptions(BaseModel):
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,  # "16" or true for a number is a 422 (as OpenAI's API), not a coercion
         json_schema_extra={
             "examples": [
                 {"model": "text-lm", "prompt": "def fibonacci(n):", "max_tokens": 32},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,17 +17,19 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from model_core.tokenizer import StreamDecoder
+from server.access_log import request_id_var
 from server.catalog import ServedModel
 from server.engine.engine import Engine, RequestStream
 from server.engine.pool import Overloaded, Unavailable
-from server.engine.protocol import INVALID, TIMEOUT, WORKER_DIED, Event, WorkRequest
-from server.errors import ApiError, error_body
+from server.engine.protocol import INTERNAL, INVALID, TIMEOUT, WORKER_DIED, Event, WorkRequest
+from server.errors import ApiError, error_body, internal_error_message
 from server.inputs import output_text
 from server.metrics import StreamTimer
 from server.routes import deps
 from server.sse import drain, sse, sse_response
 
 ERROR_STATUS = {INVALID: 422, TIMEOUT: 504, WORKER_DIED: 503}
+log = logging.getLogger("kvserve.errors")
 
 
 @contextlib.contextmanager
@@ -62,6 +65,10 @@ async def submit_session(
 def error_from_event(event: Event) -> ApiError:
     error_type, message = event[2], event[3]
     status = ERROR_STATUS.get(error_type, 500)
+    if error_type == INTERNAL:  # an unexpected exception in the worker: its text is for the log
+        request_id = request_id_var.get()
+        log.error("request %s (%s) failed in the worker: %s", request_id, event[1], message)
+        message = internal_error_message(request_id)
     headers = {"Retry-After": "1"} if status == 503 else None
     return ApiError(status, error_type, message, headers=headers)
 

@@ -6,7 +6,10 @@ vector). Both expire with Redis's own expiry, slid on every save; a busy session
 expiry is pushed out by `BUSY_GRACE_S` so a long generation is never cut off, while a
 replica that dies mid-generation cannot keep it forever. A sorted set `<prefix>sessions`
 scores ids by expiry, for `count` and for `sweep` to report the expired ids (so replicas
-drop their cached K/V).
+drop their cached K/V); `<prefix>owner:<owner>` does the same for one owner's sessions.
+
+`create` is one Lua script: the limits (all sessions, one owner's) are checked and the
+session added in one step, so replicas sharing the store cannot pass them together.
 
 `save` is one Lua script: it checks the session still exists for this owner and that the
 history still has the length this copy read (else `SessionConflictError`), then appends
@@ -28,13 +31,41 @@ from server.sessions import (
     SessionLimitError,
     SessionNotFoundError,
     check_ttl,
+    is_session_id,
     new_session_id,
+    owner_limit_error,
 )
 
 BUSY_GRACE_S = 3600.0
 
+CREATE = """
+local meta, index, owned = KEYS[1], KEYS[2], KEYS[3]
+local now, expires, ms, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local max_all, max_owned, has_owner = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
+if max_all and redis.call('ZCOUNT', index, now, '+inf') >= max_all then
+  return {-1, max_all}
+end
+if has_owner then
+  redis.call('ZREMRANGEBYSCORE', owned, '-inf', '(' .. now)
+  local n = redis.call('ZCARD', owned)
+  if max_owned and n >= max_owned then
+    return {-2, n}
+  end
+end
+redis.call('HSET', meta, unpack(ARGV, 8))
+redis.call('PEXPIRE', meta, ms)
+redis.call('ZADD', index, expires, id)
+if has_owner then
+  redis.call('ZADD', owned, expires, id)
+  if redis.call('PTTL', owned) < tonumber(ms) then
+    redis.call('PEXPIRE', owned, ms)
+  end
+end
+return {0, 0}
+"""
+
 SAVE = """
-local meta, hist, index = KEYS[1], KEYS[2], KEYS[3]
+local meta, hist, index, owned = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local owner, base, busy, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local expires, ms, id = ARGV[5], ARGV[6], ARGV[7]
 if redis.call('EXISTS', meta) == 0 or redis.call('HGET', meta, 'owner') ~= owner then
@@ -53,6 +84,12 @@ if redis.call('EXISTS', hist) == 1 then
   redis.call('PEXPIRE', hist, ms)
 end
 redis.call('ZADD', index, expires, id)
+if owner ~= '' then
+  redis.call('ZADD', owned, expires, id)
+  if redis.call('PTTL', owned) < tonumber(ms) then
+    redis.call('PEXPIRE', owned, ms)
+  end
+end
 return n + #ARGV - 7
 """
 
@@ -64,11 +101,14 @@ class RedisSessionStore:
         max_sessions: int | None = None,
         prefix: str = "kvserve:",
         clock: Callable[[], float] = time.time,
+        max_per_owner: int | None = None,
     ) -> None:
         self.redis = aioredis.from_url(url, decode_responses=True)
         self.max_sessions = max_sessions
+        self.max_per_owner = max_per_owner
         self.prefix = prefix
         self._clock = clock
+        self._create = self.redis.register_script(CREATE)
         self._save = self.redis.register_script(SAVE)
 
     def _keys(self, session_id: str) -> tuple[str, str]:
@@ -78,16 +118,11 @@ class RedisSessionStore:
     def _index(self) -> str:
         return f"{self.prefix}sessions"
 
+    def _owned(self, owner: str | None) -> str:
+        return f"{self.prefix}owner:{owner or ''}"
+
     async def create(self, model: str, owner: str | None, ttl_s: float) -> Session:
         check_ttl(ttl_s)
-        if self.max_sessions is not None and await self.count() >= self.max_sessions:
-            await self.sweep()
-            if await self.count() >= self.max_sessions:
-                raise SessionLimitError(
-                    f"session limit reached: the most this deployment holds is "
-                    f"{self.max_sessions}; close sessions that are no longer needed "
-                    "(DELETE /v1/sessions/{id}) or wait for idle ones to expire"
-                )
         now = self._clock()
         session = Session(new_session_id(), model, owner, [], now, now + ttl_s, ttl_s)
         meta, _ = self._keys(session.id)
@@ -99,14 +134,31 @@ class RedisSessionStore:
             "expires_at": repr(session.expires_at),
             "busy": "0",
         }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(meta, mapping=fields)
-            pipe.pexpire(meta, int(ttl_s * 1000))
-            pipe.zadd(self._index, {session.id: session.expires_at})
-            await pipe.execute()
+        per_owner = self.max_per_owner if owner is not None else None
+        code, count = await self._create(
+            keys=[meta, self._index, self._owned(owner)],
+            args=[
+                repr(now), repr(session.expires_at), int(ttl_s * 1000), session.id,
+                "" if self.max_sessions is None else self.max_sessions,
+                "" if per_owner is None else per_owner,
+                "1" if owner is not None else "0",
+                *[item for pair in fields.items() for item in pair],
+            ],
+        )  # fmt: skip
+        if code == -1:
+            raise SessionLimitError(
+                f"session limit reached: the most this deployment holds is "
+                f"{self.max_sessions}; close sessions that are no longer needed "
+                "(DELETE /v1/sessions/{id}) or wait for idle ones to expire"
+            )
+        if code == -2:
+            assert per_owner is not None
+            raise owner_limit_error(int(count), per_owner)
         return session
 
     async def get(self, session_id: str, owner: str | None = None) -> Session | None:
+        if not is_session_id(session_id):
+            return None
         meta, hist = self._keys(session_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(meta)
@@ -133,7 +185,7 @@ class RedisSessionStore:
         life = session.ttl_s + (BUSY_GRACE_S if session.busy else 0.0)
         new_items = [_dumps(item) for item in session.history[session.stored_length :]]
         result = await self._save(
-            keys=[*self._keys(session.id), self._index],
+            keys=[*self._keys(session.id), self._index, self._owned(session.owner)],
             args=[
                 session.owner or "",
                 session.stored_length,
@@ -158,6 +210,8 @@ class RedisSessionStore:
         session.stored_length = int(result)
 
     async def delete(self, session_id: str, owner: str | None = None) -> bool:
+        if not is_session_id(session_id):
+            return False
         meta, hist = self._keys(session_id)
         stored_owner = await self.redis.hget(meta, "owner")
         if stored_owner is None or stored_owner != (owner or ""):
@@ -165,6 +219,7 @@ class RedisSessionStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(meta, hist)
             pipe.zrem(self._index, session_id)
+            pipe.zrem(self._owned(owner), session_id)
             await pipe.execute()
         return True
 
@@ -193,12 +248,12 @@ def _dumps(item: Any) -> str:
     return json.dumps(item, separators=(",", ":"))
 
 
-def make_store(url: str, max_sessions: int | None) -> Any:
+def make_store(url: str, max_sessions: int | None, max_per_owner: int | None = None) -> Any:
     """The store a `session_store` setting names: "memory", or a redis:// URL."""
     from server.sessions import InMemorySessionStore
 
     if url == "memory":
-        return InMemorySessionStore(max_sessions=max_sessions)
+        return InMemorySessionStore(max_sessions=max_sessions, max_per_owner=max_per_owner)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisSessionStore(url, max_sessions=max_sessions)
+        return RedisSessionStore(url, max_sessions=max_sessions, max_per_owner=max_per_owner)
     raise ValueError(f"session_store must be 'memory' or a redis:// URL, got {url!r}")

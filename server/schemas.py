@@ -12,11 +12,12 @@ Values = list[list[FiniteFloat]]
 
 
 def _examples(*examples: dict[str, Any]) -> ConfigDict:
-    return ConfigDict(extra="forbid", json_schema_extra={"examples": list(examples)})
+    # strict: "16" or true for a number is a 422, as the schema says, not a coercion.
+    return ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": list(examples)})
 
 
 class SamplingFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     max_new_tokens: int = Field(16, ge=1, description="outputs to generate (at most the limit)")
     temperature: float = Field(0.0, ge=0.0, le=100.0, description="0 = greedy")
@@ -106,6 +107,31 @@ class GenerateResponse(BaseModel):
     model: str
     outputs: TokenIds | list[list[float]]
     text: str | None = None
+    finish_reason: str
+    usage: Usage
+    speculative: SpeculativeStats | None = None
+    session_id: str | None = None
+
+
+class TokenEvent(BaseModel):
+    """The data of a stream's `event: token`: one output, a token id (with its decoded
+    text for byte-level models) or a value vector."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    token: int | None = None
+    text: str | None = None
+    value: list[float] | None = None
+
+
+class StreamDone(BaseModel):
+    """The data of a stream's last `event: done` (the outputs came as token events)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    model: str
     finish_reason: str
     usage: Usage
     speculative: SpeculativeStats | None = None

@@ -79,6 +79,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from server.access_log import configure_logging
     from server.app import create_app
+    from server.connection_guard import guarded_protocol
     from server.model_repository import ModelRepository
 
     try:
@@ -107,7 +108,8 @@ def serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,
-        http="httptools",
+        # httptools, with timeouts for slow requests and for clients that stop reading
+        http=guarded_protocol(settings.body_timeout_s, settings.stream_send_timeout_s),
         timeout_graceful_shutdown=5,
     )
     server = DrainingServer(config, app.state, settings.drain_timeout_s)

@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from typing import Any, Protocol
 logger = logging.getLogger(__name__)
 
 SESSION_ID_PREFIX = "sess_"
+# What `new_session_id` makes; anything else names no session and is not looked up.
+SESSION_ID = re.compile(r"sess_[A-Za-z0-9_-]{32}")
 
 
 class SessionLimitError(RuntimeError):
@@ -43,6 +46,20 @@ class SessionConflictError(RuntimeError):
 def new_session_id() -> str:
     """A fresh unguessable session id: 192 random bits, URL-safe."""
     return SESSION_ID_PREFIX + secrets.token_urlsafe(24)
+
+
+def is_session_id(text: str) -> bool:
+    """Whether `text` has the form of a session id (`../x`, `/etc/passwd`, a megabyte of
+    junk: no)."""
+    return SESSION_ID.fullmatch(text) is not None
+
+
+def owner_limit_error(open_now: int, limit: int) -> SessionLimitError:
+    return SessionLimitError(
+        f"this API key has {open_now} open sessions, the most one key may hold "
+        f"(max_sessions_per_key = {limit}); close the ones it no longer needs "
+        "(DELETE /v1/sessions/{id}) or wait for idle ones to expire"
+    )
 
 
 @dataclass
@@ -87,7 +104,8 @@ class SessionStore(Protocol):
     with owner None, and a session of another owner is reported as unknown."""
 
     async def create(self, model: str, owner: str | None, ttl_s: float) -> Session:
-        """A new, empty session. Raises SessionLimitError when the store is full."""
+        """A new, empty session. Raises SessionLimitError when the store is full, or
+        when `owner` (not None) already holds the most sessions one owner may."""
         ...
 
     async def get(self, session_id: str, owner: str | None = None) -> Session | None:
@@ -121,18 +139,29 @@ class InMemorySessionStore:
     """
 
     def __init__(
-        self, clock: Callable[[], float] = time.time, max_sessions: int | None = None
+        self,
+        clock: Callable[[], float] = time.time,
+        max_sessions: int | None = None,
+        max_per_owner: int | None = None,
     ) -> None:
         # Wall-clock time by default: `expires_at` is shown to clients and shared with
         # other replicas, where a monotonic reading would mean nothing.
-        if max_sessions is not None and max_sessions < 1:
-            raise ValueError(f"max_sessions must be >= 1 or None, got {max_sessions}")
+        for name, limit in (("max_sessions", max_sessions), ("max_per_owner", max_per_owner)):
+            if limit is not None and limit < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {limit}")
         self._clock = clock
         self._max_sessions = max_sessions
+        self._max_per_owner = max_per_owner
         self._sessions: dict[str, Session] = {}
+        self._by_owner: dict[str, set[str]] = {}  # owner -> its session ids
 
     async def create(self, model: str, owner: str | None, ttl_s: float) -> Session:
         check_ttl(ttl_s)
+        limit = self._max_per_owner
+        if owner is not None and limit is not None and self._owned(owner) >= limit:
+            self._remove_expired()
+            if self._owned(owner) >= limit:
+                raise owner_limit_error(self._owned(owner), limit)
         if self._max_sessions is not None and len(self._sessions) >= self._max_sessions:
             self._remove_expired()
             if len(self._sessions) >= self._max_sessions:
@@ -156,10 +185,12 @@ class InMemorySessionStore:
             ttl_s=ttl_s,
         )
         self._sessions[session_id] = session
+        if owner is not None:
+            self._by_owner.setdefault(owner, set()).add(session_id)
         return session.copy()
 
     async def get(self, session_id: str, owner: str | None = None) -> Session | None:
-        session = self._live(session_id)
+        session = self._live(session_id) if is_session_id(session_id) else None
         if session is None or session.owner != owner:
             return None
         return session.copy()
@@ -179,10 +210,10 @@ class InMemorySessionStore:
         stored.expires_at = session.expires_at
 
     async def delete(self, session_id: str, owner: str | None = None) -> bool:
-        session = self._live(session_id)
+        session = self._live(session_id) if is_session_id(session_id) else None
         if session is None or session.owner != owner:
             return False
-        del self._sessions[session_id]
+        self._remove(session_id)
         return True
 
     async def sweep(self) -> list[str]:
@@ -196,7 +227,7 @@ class InMemorySessionStore:
         """The stored session, None when unknown or expired (an expired one is removed)."""
         session = self._sessions.get(session_id)
         if session is not None and _expired(session, self._clock()):
-            del self._sessions[session_id]
+            self._remove(session_id)
             return None
         return session
 
@@ -204,8 +235,20 @@ class InMemorySessionStore:
         now = self._clock()
         expired = [sid for sid, s in self._sessions.items() if _expired(s, now)]
         for sid in expired:
-            del self._sessions[sid]
+            self._remove(sid)
         return expired
+
+    def _remove(self, session_id: str) -> None:
+        owner = self._sessions.pop(session_id).owner
+        if owner is None:
+            return
+        owned = self._by_owner.get(owner, set())
+        owned.discard(session_id)
+        if not owned:
+            self._by_owner.pop(owner, None)
+
+    def _owned(self, owner: str) -> int:
+        return len(self._by_owner.get(owner, ()))
 
 
 def _expired(session: Session, now: float) -> bool:

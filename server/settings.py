@@ -45,10 +45,28 @@ class ServerSettings(BaseSettings):
     max_new_tokens: int = Field(1024, ge=1, description="largest max_new_tokens a request may ask")
     max_batch_size: int = Field(64, ge=1, description="most sequences in one /v1/predict body")
     max_body_bytes: int = Field(1 * MiB, ge=1024, description="largest request body, bytes")
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a request's headers, and then its whole body, may take to arrive; "
+        "a slower client (slowloris) gets 408 or, still in its headers, a closed connection",
+    )
     request_timeout_s: float = Field(300.0, gt=0, description="deadline of a request, seconds")
     drain_timeout_s: float = Field(30.0, ge=0, description="SIGTERM: wait this long for streams")
+    stream_send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a stream whose client takes no data for this long (its socket is full) is "
+        "abandoned: its request cancelled, its connection dropped",
+    )
     session_ttl_s: float = Field(1800.0, gt=0, description="idle time before a session expires")
     max_sessions: int = Field(10_000, ge=1, description="most open sessions")
+    max_sessions_per_key: int = Field(
+        1000,
+        ge=1,
+        description="most open sessions one API key may hold (429 past it), so that one key "
+        "cannot take all of max_sessions; without API keys only max_sessions applies",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         [], description="bearer keys, comma-separated; empty: no auth"
     )

@@ -8,7 +8,8 @@ import time
 import torch
 from torch import nn
 
-from server.engine.protocol import Event, WorkRequest
+from server.engine.protocol import INVALID, Event, WorkRequest
+from server.engine.sequence import NOT_FINITE, finite
 
 
 class PredictBatcher:
@@ -66,6 +67,9 @@ class PredictBatcher:
         for req in batch:
             mine = outputs[start : start + len(req.inputs)]
             start += len(req.inputs)
+            if not all(finite(row) for row in mine):
+                events.append(("error", req.id, INVALID, NOT_FINITE))
+                continue
             usage = {
                 "prompt_tokens": sum(len(s) for s in req.inputs),
                 "completion_tokens": 0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,16 @@ import torch
 from torch import Tensor
 
 from model_core.sampling import SamplingParams, probabilities, sample_from
-from server.engine.protocol import Event, WorkRequest
+from server.engine.protocol import INVALID, Event, WorkRequest
+
+NOT_FINITE = (
+    "the model's output for this input is not a finite number (inf or NaN): the input "
+    "values are too far from what the model can compute with"
+)
+
+
+def finite(values: list[float]) -> bool:
+    return all(math.isfinite(v) for v in values)
 
 
 @dataclass
@@ -29,6 +39,7 @@ class Sequence:
     last: Any = None
     row: int = -1
     finished: str | None = None  # finish reason, once it has one
+    error: str | None = None  # why it failed: it ends with an error event, not done
     arrived: float = field(default_factory=time.monotonic)
     spec: dict[str, int] = field(
         default_factory=lambda: {"rounds": 0, "proposed": 0, "accepted": 0, "rejected": 0}
@@ -56,7 +67,11 @@ class Sequence:
         }
 
     def emit(self, output: Any, events: list[Event]) -> None:
-        """Send one output; set `finished` when it is the last one."""
+        """Send one output; set `finished` when it is the last one. A value output that
+        is not finite (no JSON number) fails the request instead."""
+        if isinstance(output, list) and not finite(output):
+            self.error, self.finished = NOT_FINITE, "error"
+            return
         events.append(("token", self.req.id, self.emitted, output))
         self.emitted += 1
         self.last = output
@@ -66,6 +81,8 @@ class Sequence:
             self.finished = "length"
 
     def done_event(self, reason: str, extra: dict[str, Any] | None = None) -> Event:
+        if self.error is not None:
+            return ("error", self.req.id, INVALID, self.error)
         return ("done", self.req.id, reason, self.usage(), extra or {})
 
 

@@ -27,28 +27,20 @@ from server.errors import ApiError
 from server.inputs import BYTES, check_items, invalid
 from server.metrics import StreamTimer
 from server.openai_schemas import CompletionRequest, CompletionResponse
+from server.openapi_doc import COMPLETION_STREAM, errors
 from server.outcomes import error_from_event, submit
 from server.routes import deps
-from server.schemas import ErrorResponse
 from server.settings import ServerSettings
 from server.sse import sse, sse_response
 
 router = APIRouter(tags=["openai"])
-ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 413, 422, 429, 503, 504)}
-STREAM_DOC = {
-    200: {
-        "description": "JSON, or with `stream: true` Server-Sent Events: `data: {chunk}` "
-        "per piece of text, then `data: [DONE]`",
-        "content": {"text/event-stream": {}},
-    }
-}
 DONE = "data: [DONE]\n\n"
 
 
 @router.post(
     "/v1/completions",
     response_model=CompletionResponse,
-    responses={**ERRORS, **STREAM_DOC},
+    responses={**errors(404, 409, 422, 429, 503, 504), **COMPLETION_STREAM},
     summary="OpenAI-compatible text completions (byte-level token models)",
 )
 async def completions(body: CompletionRequest, request: Request) -> Response:

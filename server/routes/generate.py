@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from server.catalog import find_model
@@ -10,10 +12,10 @@ from server.engine.engine import new_request_id
 from server.engine.protocol import Sampling, WorkRequest
 from server.errors import ApiError
 from server.inputs import check_items, check_lengths, invalid, model_input, stop_tokens
+from server.openapi_doc import NATIVE_STREAM, errors
 from server.outcomes import answer, submit
 from server.routes import deps, sessions
 from server.schemas import (
-    ErrorResponse,
     GenerateRequest,
     GenerateResponse,
     SamplingFields,
@@ -23,14 +25,11 @@ from server.schemas import (
 )
 
 router = APIRouter(tags=["inference"])
-ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 413, 422, 429, 503, 504)}
-STREAM_DOC = {
-    200: {
-        "description": "JSON, or with `stream: true` Server-Sent Events: `event: token` "
-        "per output, then `event: done` (or `event: error`)",
-        "content": {"text/event-stream": {}},
-    }
-}
+RESPONSES = {**errors(404, 409, 422, 429, 503, 504), **NATIVE_STREAM}
+SessionHeader = Annotated[
+    str | None,
+    Header(alias=sessions.HEADER, description="continue this session (as its generate route)"),
+]
 
 
 def sampling(body: SamplingFields) -> Sampling:
@@ -40,11 +39,12 @@ def sampling(body: SamplingFields) -> Sampling:
 @router.post(
     "/v1/generate",
     response_model=GenerateResponse,
-    responses={**ERRORS, **STREAM_DOC},
+    responses=RESPONSES,
     summary="Continue a token or value sequence (autoregressive models)",
 )
-async def generate(body: GenerateRequest, request: Request) -> Response:
-    session_id = request.headers.get(sessions.HEADER)
+async def generate(
+    body: GenerateRequest, request: Request, session_id: SessionHeader = None
+) -> Response:
     if session_id:  # continue that session (an L7 router can hash on the header)
         fields = body.model_dump(exclude={"model"}, exclude_unset=True)
         return await sessions.continue_session(
@@ -63,7 +63,7 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
 @router.post(
     "/v1/speculative",
     response_model=GenerateResponse,
-    responses={**ERRORS, **STREAM_DOC},
+    responses=RESPONSES,
     summary="Generate with a draft model proposing and the target verifying",
 )
 async def speculative(body: SpeculativeRequest, request: Request) -> Response:
@@ -97,7 +97,7 @@ def raise_mismatch(target_vocab: int | None, draft_vocab: int | None) -> None:
 @router.post(
     "/v1/seq2seq",
     response_model=GenerateResponse,
-    responses={**ERRORS, **STREAM_DOC},
+    responses=RESPONSES,
     summary="Decode a target from a source (encoder-decoder models)",
 )
 async def seq2seq(body: Seq2SeqRequest, request: Request) -> Response:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
 
 from server.errors import error_response
+from server.schemas import ErrorResponse
 
 router = APIRouter(tags=["health"])
 
@@ -17,7 +19,7 @@ async def live() -> dict[str, str]:
 @router.get(
     "/health/ready",
     summary="Models loaded, workers up, not draining",
-    responses={503: {"description": "not ready, or draining"}},
+    responses={503: {"model": ErrorResponse, "description": "not ready, or draining"}},
 )
 async def ready(request: Request) -> Response:
     state = request.app.state
@@ -29,7 +31,12 @@ async def ready(request: Request) -> Response:
     return Response('{"status":"ready"}', media_type="application/json")
 
 
-@router.get("/metrics", summary="Prometheus metrics", tags=["metrics"])
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    tags=["metrics"],
+    response_class=PlainTextResponse,  # the text exposition format
+)
 async def metrics(request: Request) -> Response:
     state = request.app.state
     if getattr(state, "engine", None) is not None:

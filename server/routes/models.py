@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from server.catalog import find_model
+from server.openapi_doc import errors
 from server.routes import deps
 from server.schemas import ModelCard, ModelList
 
@@ -16,6 +17,8 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[m.card for m in deps.catalog(request).values()])
 
 
-@router.get("/v1/models/{model_id}", response_model=ModelCard, summary="One model")
+@router.get(
+    "/v1/models/{model_id}", response_model=ModelCard, responses=errors(404), summary="One model"
+)
 async def get_model(model_id: str, request: Request) -> ModelCard:
     return find_model(deps.catalog(request), model_id, param="model_id").card

@@ -9,18 +9,18 @@ from server.catalog import find_model
 from server.engine.engine import new_request_id
 from server.engine.protocol import WorkRequest
 from server.inputs import check_items, invalid
+from server.openapi_doc import errors
 from server.outcomes import error_from_event, submit
 from server.routes import deps
-from server.schemas import ErrorResponse, PredictRequest, PredictResponse
+from server.schemas import PredictRequest, PredictResponse
 
 router = APIRouter(tags=["inference"])
-ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 413, 422, 429, 503)}
 
 
 @router.post(
     "/v1/predict",
     response_model=PredictResponse,
-    responses=ERRORS,
+    responses=errors(404, 409, 422, 429, 503, 504),
     summary="Regression: one output vector per input sequence",
 )
 async def predict(body: PredictRequest, request: Request) -> Response:

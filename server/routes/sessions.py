@@ -15,10 +15,10 @@ from server.catalog import ServedModel, find_model
 from server.engine.engine import SessionBusy, SessionNotFound
 from server.errors import ApiError
 from server.inputs import check_lengths, model_input, stop_tokens
+from server.openapi_doc import NATIVE_STREAM, errors
 from server.outcomes import answer, submit_session
 from server.routes import deps
 from server.schemas import (
-    ErrorResponse,
     GenerateResponse,
     OpenSessionRequest,
     SessionDeleted,
@@ -28,8 +28,12 @@ from server.schemas import (
 from server.sessions import Session, SessionLimitError
 
 router = APIRouter(tags=["sessions"])
-ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 422, 429, 503)}
 HEADER = "X-Session-ID"
+WITH_HEADER = {
+    "headers": {
+        HEADER: {"description": "the session's id", "required": True, "schema": {"type": "string"}}
+    }
+}
 
 
 def _not_found(session_id: str) -> ApiError:
@@ -60,7 +64,7 @@ def _info(session: Session, request: Request) -> dict[str, object]:
     "/v1/sessions",
     status_code=201,
     response_model=SessionInfo,
-    responses=ERRORS,
+    responses={**errors(404, 409, 429), 201: WITH_HEADER},
     summary="Open a session on an autoregressive model",
 )
 async def open_session(body: OpenSessionRequest, request: Request) -> Response:
@@ -82,7 +86,10 @@ async def _get(session_id: str, request: Request) -> Session:
 
 
 @router.get(
-    "/v1/sessions/{session_id}", response_model=SessionInfo, responses=ERRORS, summary="A session"
+    "/v1/sessions/{session_id}",
+    response_model=SessionInfo,
+    responses={**errors(404), 200: WITH_HEADER},
+    summary="A session",
 )
 async def get_session(session_id: str, request: Request) -> Response:
     session = await _get(session_id, request)
@@ -92,7 +99,7 @@ async def get_session(session_id: str, request: Request) -> Response:
 @router.delete(
     "/v1/sessions/{session_id}",
     response_model=SessionDeleted,
-    responses=ERRORS,
+    responses={**errors(404), 200: WITH_HEADER},
     summary="Close a session and free its cache",
 )
 async def close_session(session_id: str, request: Request) -> Response:
@@ -104,7 +111,7 @@ async def close_session(session_id: str, request: Request) -> Response:
 @router.post(
     "/v1/sessions/{session_id}/generate",
     response_model=GenerateResponse,
-    responses=ERRORS,
+    responses={**errors(404, 409, 422, 429, 503, 504), 200: {**NATIVE_STREAM[200], **WITH_HEADER}},
     summary="Append input to a session and continue it from its cache",
 )
 async def session_generate(
