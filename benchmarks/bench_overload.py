@@ -56,7 +56,7 @@ CAPACITY_USERS = 32  # = the default max_running: the worker's batch is full
 HELD = 32 + 64  # the default max_running + max_waiting: requests the server holds at most
 OVERLOAD_FACTOR = 4.0
 SAMPLE_S = 0.5
-RSS_BOUND_MIB = 2048  # the README's bound for the front end and its worker together
+RSS_BOUND_MIB = 1024  # the README's bound for the front end and its worker together
 RECOVERY_FLOOR = 0.85  # after/before capacity; the run-to-run noise here is ~5-10%
 LOCUSTFILE = Path(__file__).with_name("overload_locustfile.py")
 
