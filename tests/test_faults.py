@@ -27,12 +27,12 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import save_file
 
 from model_core.recipes import bundled_dir
 from server.engine.worker import STATS_INTERVAL_S
 from tests.live_server import LiveServer, live_server
+from tests.metrics_reader import metric
 from tests.model_factories import regression_model
 
 MODEL = "text-lm"  # slow enough (6 layers) that a 400-token stream is still running
@@ -56,16 +56,6 @@ def http(server: LiveServer) -> Iterator[httpx.Client]:
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-
-def metric(http: httpx.Client, name: str, **labels: str) -> float:
-    """The sum of the samples `name` matching `labels` (0 when there are none)."""
-    total = 0.0
-    for family in text_string_to_metric_families(http.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def settled(http: httpx.Client, name: str, **labels: str) -> float:

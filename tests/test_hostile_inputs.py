@@ -33,7 +33,6 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from model_core.recipes import bundled_dir
 from server.connection_guard import ABORT
@@ -41,6 +40,7 @@ from server.redis_sessions import RedisSessionStore
 from server.sessions import InMemorySessionStore, SessionLimitError
 from server.sse import ClosingStreamingResponse
 from tests.live_server import LiveServer, live_server
+from tests.metrics_reader import metric
 from tests.redis_server import redis_server
 
 KEY, OTHER_KEY, FILLER_KEY = "key-a", "key-b", "key-c"
@@ -668,14 +668,6 @@ def test_store_limits_per_owner_across_replicas_on_redis() -> None:
 
 
 # Clients that never read.
-def metric(http: httpx.Client, name: str, **labels: str) -> float:
-    """The sum of a metric's samples with these labels."""
-    total = 0.0
-    for family in text_string_to_metric_families(http.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def queued(sock: socket.socket) -> int:
