@@ -35,14 +35,14 @@ def probabilities(logits: Tensor, params: SamplingParams) -> Tensor:
     """logits `(..., V)` -> the float32 distribution sampled from `(..., V)`. Greedy gives a
     one-hot on the argmax."""
     logits = logits.float()
-    greedy = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     if params.greedy:
-        return greedy
-    scaled = logits / params.temperature
-    # A temperature so small that logits / temperature overflows float32 (1e-40: it is 0
-    # there) samples as its limit, greedy.
-    overflow = (~scaled.isfinite() & logits.isfinite()).any(dim=-1, keepdim=True)
-    logits = scaled
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    # Shifted so the largest is 0 (softmax does not change), and the temperature kept at
+    # float32's smallest normal or above (1e-40 is 0 or subnormal there): a tiny
+    # temperature then sends all but the largest to -inf, never to NaN, and samples as
+    # its limit, greedy.
+    temperature = max(params.temperature, torch.finfo(torch.float32).tiny)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if params.top_k is not None and params.top_k < logits.shape[-1]:
         kth = logits.topk(params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -55,7 +55,7 @@ def probabilities(logits: Tensor, params: SamplingParams) -> Tensor:
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
         probs = probs / probs.sum(dim=-1, keepdim=True)
-    return torch.where(overflow, greedy, probs)
+    return probs
 
 
 def sample_from(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
