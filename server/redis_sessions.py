@@ -28,12 +28,12 @@ import redis.asyncio as aioredis
 from server.sessions import (
     Session,
     SessionConflictError,
-    SessionLimitError,
     SessionNotFoundError,
     check_ttl,
     is_session_id,
     new_session_id,
     owner_limit_error,
+    store_limit_error,
 )
 
 BUSY_GRACE_S = 3600.0
@@ -42,8 +42,11 @@ CREATE = """
 local meta, index, owned = KEYS[1], KEYS[2], KEYS[3]
 local now, expires, ms, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local max_all, max_owned, has_owner = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
-if max_all and redis.call('ZCOUNT', index, now, '+inf') >= max_all then
-  return {-1, max_all}
+if max_all then
+  local open = redis.call('ZCOUNT', index, now, '+inf')
+  if open >= max_all then
+    return {-1, open}
+  end
 end
 if has_owner then
   redis.call('ZREMRANGEBYSCORE', owned, '-inf', '(' .. now)
@@ -146,11 +149,8 @@ class RedisSessionStore:
             ],
         )  # fmt: skip
         if code == -1:
-            raise SessionLimitError(
-                f"session limit reached: the most this deployment holds is "
-                f"{self.max_sessions}; close sessions that are no longer needed "
-                "(DELETE /v1/sessions/{id}) or wait for idle ones to expire"
-            )
+            assert self.max_sessions is not None
+            raise store_limit_error(int(count), self.max_sessions)
         if code == -2:
             assert per_owner is not None
             raise owner_limit_error(int(count), per_owner)

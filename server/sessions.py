@@ -54,6 +54,14 @@ def is_session_id(text: str) -> bool:
     return SESSION_ID.fullmatch(text) is not None
 
 
+def store_limit_error(open_now: int, limit: int) -> SessionLimitError:
+    return SessionLimitError(
+        f"session limit reached: {open_now} sessions are open (the most this deployment "
+        f"holds is {limit}); close sessions that are no longer needed "
+        "(DELETE /v1/sessions/{id}), wait for idle ones to expire, or raise max_sessions"
+    )
+
+
 def owner_limit_error(open_now: int, limit: int) -> SessionLimitError:
     return SessionLimitError(
         f"this API key has {open_now} open sessions, the most one key may hold "
@@ -165,12 +173,7 @@ class InMemorySessionStore:
         if self._max_sessions is not None and len(self._sessions) >= self._max_sessions:
             self._remove_expired()
             if len(self._sessions) >= self._max_sessions:
-                raise SessionLimitError(
-                    f"session limit reached: {len(self._sessions)} sessions are open (the "
-                    f"most this server holds is {self._max_sessions}); close sessions that "
-                    "are no longer needed (DELETE /v1/sessions/{id}), wait for idle ones to "
-                    "expire, or raise max_sessions"
-                )
+                raise store_limit_error(len(self._sessions), self._max_sessions)
         now = self._clock()
         session_id = new_session_id()
         while session_id in self._sessions:  # 192 random bits: never in practice
