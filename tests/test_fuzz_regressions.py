@@ -103,8 +103,9 @@ def test_outputs_that_are_not_finite_get_422_not_500(client: TestClient, huge: f
     assert "not a finite number" in predicted.json()["error"]["message"]
     generate = {"model": "sine-forecaster", "input": [[huge], [0.5]], "max_new_tokens": 4}
     response = client.post("/v1/generate", json=generate)
-    assert response.status_code in (200, 422), response.text
-    if response.status_code == 200:  # sine-forecaster copes with 1e20
+    # The fuzzer's value makes the forecaster's outputs non-finite; 1e20 it copes with.
+    assert response.status_code in ((422,) if huge == HUGE[0] else (200, 422)), response.text
+    if response.status_code == 200:
         assert len(response.json()["outputs"]) == 4
     streamed = client.post("/v1/generate", json={**generate, "stream": True})
     assert streamed.status_code == 200
