@@ -75,6 +75,7 @@ from benchmarks.engine_harness import (
     running_engine,
 )
 from benchmarks.harness import REPO_ROOT, measure, paired_ratio, print_table, verdict, write_results
+from benchmarks.loadgen import dechunk
 from server.engine.settings import EngineSettings
 
 HOST = "127.0.0.1"
@@ -285,14 +286,7 @@ class RawClient:
         head, _, chunked = data.partition(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 200"):
             raise RuntimeError(f"unexpected response: {data[:500]!r}")
-        body, pos = [], 0
-        while True:
-            eol = chunked.index(b"\r\n", pos)
-            size = int(chunked[pos:eol], 16)
-            if size == 0:
-                return b"".join(body)
-            body.append(chunked[eol + 2 : eol + 2 + size])
-            pos = eol + 2 + size + 2
+        return dechunk(chunked)
 
     async def aclose(self) -> None:
         for _, writer in self.free:

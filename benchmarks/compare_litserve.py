@@ -78,6 +78,7 @@ from benchmarks.loadgen import (
     Target,
     Window,
     Work,
+    dechunk,
     run_load,
 )
 from model_core.checkpoint import load
@@ -205,18 +206,6 @@ def wait_ready(server: Server, url: str) -> None:
 
 
 # ---- checks against model_core ---------------------------------------------------------
-
-
-def dechunk(body: bytes) -> bytes:
-    """The payload of a chunked HTTP/1.1 body (as kept by loadgen: after the headers)."""
-    out, pos = [], 0
-    while True:
-        eol = body.index(b"\r\n", pos)
-        size = int(body[pos:eol], 16)
-        if size == 0:
-            return b"".join(out)
-        out.append(body[eol + 2 : eol + 2 + size])
-        pos = eol + 2 + size + 2
 
 
 def streamed_tokens(config: str, body: bytes) -> list[int]:

@@ -354,3 +354,15 @@ async def run_load(
         unfinished=sum(r.end is None and r.error is None for r in records),
         window_marks=marks,
     )
+
+
+def dechunk(body: bytes) -> bytes:
+    """The payload of a chunked HTTP/1.1 body (what a Connection keeps: after the headers)."""
+    out, pos = [], 0
+    while True:
+        eol = body.index(b"\r\n", pos)
+        size = int(body[pos:eol], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(body[eol + 2 : eol + 2 + size])
+        pos = eol + 2 + size + 2
